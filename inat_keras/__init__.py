@@ -1,0 +1,34 @@
+"""inat-keras: train image classifiers on iNaturalist-12K or any folder-per-class dataset.
+
+Importing the package starts nothing: no GPU set-up, no W&B, no printing. Keras is
+imported only when a model is built.
+"""
+
+from .config import CNNConfig, DataConfig, RunConfig, TrackingConfig, TrainConfig
+from .errors import UserError
+
+__all__ = [
+    "CNNConfig",
+    "DataConfig",
+    "RunConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "UserError",
+    "build_cnn",
+    "build_transfer",
+    "count_macs",
+    "count_params",
+]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import inat_keras` stays cheap and free of TensorFlow start-up.
+    if name in ("build_cnn", "count_params", "count_macs"):
+        from . import models
+
+        return getattr(models, name)
+    if name == "build_transfer":
+        from .transfer import build_transfer
+
+        return build_transfer
+    raise AttributeError(f"module 'inat_keras' has no attribute {name!r}")

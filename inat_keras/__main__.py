@@ -1,0 +1,42 @@
+"""``python -m inat_keras <command>``: the commands beyond the two training scripts.
+
+Each command lives in its own module as ``main(argv) -> int``; this table only names them,
+so adding a command is one line and running one imports nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .cli import run_main
+
+COMMANDS = {
+    "train": ("inat_keras.cli:train_scratch_main", "train the from-scratch CNN (same as train_scratch.py)"),
+    "download": ("inat_keras.download:main", "download and extract the iNaturalist-12K dataset"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m inat_keras <command> [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Run `python -m inat_keras <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, function_name = COMMANDS[name][0].split(":")
+    command = getattr(importlib.import_module(module_name), function_name)
+    return run_main(command, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Command-line front ends: parse flags into config dataclasses and call the library.
+
+Every error a user can cause is a ``UserError``: printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from .config import (
+    ACTIVATIONS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    POOLINGS,
+    SWITCHES,
+    WANDB_MODES,
+    CNNConfig,
+    DataConfig,
+    RunConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+from .errors import UserError
+
+REAL_DATA_HINT = (
+    "get the real iNaturalist-12K data with `python -m inat_keras download --dest data`, "
+    "then train with --data data/inaturalist_12K"
+)
+
+# The digits are 8x8 pictures: a small input and a few epochs suit them.
+SCRATCH_DEMO_DEFAULTS = {
+    "image_size": 32,
+    "epochs": 10,
+    "batch_size": 32,
+    "dense_units": [128],
+    "learning_rate": 2e-3,
+    "batch_norm_momentum": 0.9,
+}
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter; set before TensorFlow is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a command, turning a UserError into one line on stderr and exit status 2."""
+    quiet_tensorflow()
+    try:
+        return main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 32,64,128") from None
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--data", metavar="DIR", help="dataset root with train/<class>/ and val/<class>/")
+    group.add_argument("--demo", action="store_true", help="train on the embedded handwritten-digits demo data")
+    group.add_argument("--name", help="run name (default: <kind>-<date>-<time>)")
+    group.add_argument("--out", default="runs", help="parent folder of run directories (default: runs)")
+    group.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
+    group.add_argument("--quiet", action="store_true", help="no progress bars; only the final line")
+    group.add_argument("--wandb", choices=WANDB_MODES, default="auto", help="W&B mode (default: online with a key, else offline)")
+    group.add_argument("--wandb-project", default=TrackingConfig.project)
+    group.add_argument("--wandb-group", default=None)
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--image-size", type=int, help=f"square input side in pixels (default {DataConfig.image_size})")
+    group.add_argument("--val-split", type=float, help="fraction of train/ held out for validation (default 0.2)")
+    group.add_argument("--seed", type=int, help="seed of the split, the shuffling and the initial weights (default 42)")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop, flip, rotation, colour jitter")
+    group.add_argument("--cache", help="'memory' (default), 'none', or a file path prefix for a disk cache")
+    group.add_argument("--skip-bad", action="store_true", default=None, help="train on the usable images when some are broken")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int)
+    group.add_argument("--learning-rate", type=float)
+    group.add_argument("--optimizer", choices=OPTIMIZERS)
+    group.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    group.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 0; AdamW 1e-4)")
+    group.add_argument("--label-smoothing", type=float)
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES)
+    group.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine decay")
+    group.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val accuracy")
+    group.add_argument("--mixed-precision", choices=SWITCHES, help="auto: on with a GPU, off on a CPU")
+    group.add_argument("--jit-compile", choices=SWITCHES, help="XLA; auto: on with a GPU")
+
+
+def add_cnn_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--num-blocks", type=int, help="conv blocks (default 5)")
+    group.add_argument("--filters", type=int_list, help="filters per block, e.g. 32,64,128,256,512")
+    group.add_argument("--first-filters", type=int, help="filters of block 1 when --filters is not given (default 32)")
+    group.add_argument("--filter-organisation", type=float, help="per-block filter factor: 0.5 halves, 1 keeps, 2 doubles")
+    group.add_argument("--kernel-size", type=int_list, help="one size for all blocks, or one per block")
+    group.add_argument("--activation", choices=ACTIVATIONS)
+    group.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--batch-norm-momentum", type=float, help="moving-statistics momentum (default 0.99)")
+    group.add_argument("--conv-dropout", type=float)
+    group.add_argument("--pooling", choices=POOLINGS, help="flatten (default), or global avg/max pooling")
+    group.add_argument("--dense-units", type=int_list, help="units of each dense layer, e.g. 512 or 512,256")
+    group.add_argument("--dense-dropout", type=float)
+    group.add_argument("--l2", type=float, help="L2 weight regularisation")
+
+
+def pick(args: argparse.Namespace, cls: type, defaults: dict[str, Any], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Values for the fields of ``cls``: flag if given, else a demo default, else the dataclass default."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+        elif f.name in defaults:
+            values[f.name] = defaults[f.name]
+    return values
+
+
+def run_config_from_args(
+    args: argparse.Namespace, *, kind: str, model: dict[str, Any], demo_defaults: dict[str, Any]
+) -> RunConfig:
+    defaults = demo_defaults if args.demo else {}
+    data = DataConfig(**pick(args, DataConfig, defaults))
+    data.data_dir = args.data
+    name = args.name or f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+    return RunConfig(
+        name=name,
+        kind=kind,
+        out=args.out,
+        demo=bool(args.demo and not args.data),
+        data=data,
+        model=model,
+        train=TrainConfig(**pick(args, TrainConfig, defaults)),
+        tracking=TrackingConfig(wandb=args.wandb, project=args.wandb_project, group=args.wandb_group),
+    )
+
+
+def load_resume_config(args: argparse.Namespace) -> RunConfig:
+    from pathlib import Path
+
+    from .training import load_run_config
+
+    config = load_run_config(args.resume)
+    # The run lives where it is now, even if its folder was moved since.
+    config.out, config.name = str(Path(args.resume).parent), Path(args.resume).name
+    return config
+
+
+def report(result, config: RunConfig, *, resume_command: str) -> None:
+    for message in result.messages:
+        print(message)
+    if config.demo:
+        print(f"This was the embedded demo (handwritten digits). For real data: {REAL_DATA_HINT}.")
+    print(f"run: {result.run_dir}  test accuracy: {result.metrics['test_accuracy']:.4f}")
+
+
+def train_scratch_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="train_scratch.py",
+        description="Train the flexible from-scratch CNN on a folder-per-class dataset.",
+    )
+    add_run_args(parser)
+    add_data_args(parser)
+    add_cnn_args(parser)
+    add_train_args(parser)
+    args = parser.parse_args(argv)
+
+    if args.resume:
+        config = load_resume_config(args)
+    else:
+        if not args.data and not args.demo:
+            raise UserError(f"no dataset given: pass --data DIR, or --demo for the embedded digits; {REAL_DATA_HINT}")
+        if args.demo and not args.data:
+            print("Demo: training on scikit-learn's 1,797 handwritten digits, written as PNG files (not iNaturalist).")
+        model = pick(args, CNNConfig, SCRATCH_DEMO_DEFAULTS if args.demo else {})
+        model.pop("num_classes", None)
+        model.pop("input_size", None)
+        config = run_config_from_args(args, kind="scratch", model=model, demo_defaults=SCRATCH_DEMO_DEFAULTS)
+
+    from .training import train_run
+
+    result = train_run(config, resume=bool(args.resume), verbose=0 if args.quiet else "auto")
+    report(result, config, resume_command="train_scratch.py")
+    return 0

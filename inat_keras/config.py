@@ -1,0 +1,169 @@
+"""One dataclass per concern; together they are a run's ``config.json``.
+
+The command-line tools build these from flags; the library takes them (or plain
+arguments). ``RunConfig.from_dict(RunConfig.to_dict())`` rebuilds a run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import UserError
+
+ACTIVATIONS = ("relu", "gelu", "silu", "mish", "elu", "leaky_relu", "selu")
+POOLINGS = ("flatten", "avg", "max")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "plateau")
+SWITCHES = ("auto", "on", "off")
+WANDB_MODES = ("auto", "offline", "online", "off")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are fed."""
+
+    data_dir: str | None = None
+    image_size: int = 224
+    val_split: float = 0.2
+    seed: int = 42
+    batch_size: int = 32
+    augment: bool = False
+    # "memory", "none", or a file path prefix for a tf.data file cache (data larger than RAM).
+    cache: str = "memory"
+    skip_bad: bool = False
+
+
+@dataclass
+class CNNConfig:
+    """The from-scratch CNN: ``num_blocks`` of Conv -> [BN] -> activation -> MaxPool, then dense."""
+
+    num_classes: int = 10
+    input_size: int = 224
+    num_blocks: int = 5
+    # Either an explicit list, or first_filters multiplied by filter_organisation per block.
+    filters: list[int] | None = None
+    first_filters: int = 32
+    filter_organisation: float = 1.0
+    kernel_size: int | list[int] = 3
+    activation: str = "relu"
+    batch_norm: bool = True
+    # Keras's 0.99 needs hundreds of steps to settle; small datasets do better with 0.9.
+    batch_norm_momentum: float = 0.99
+    conv_dropout: float = 0.0
+    pooling: str = "flatten"
+    dense_units: list[int] = field(default_factory=lambda: [256])
+    dense_dropout: float = 0.3
+    l2: float = 0.0
+
+    def block_filters(self) -> list[int]:
+        if self.filters is not None:
+            return list(self.filters)
+        return [max(1, int(round(self.first_filters * self.filter_organisation**i))) for i in range(self.num_blocks)]
+
+    def block_kernels(self) -> list[int]:
+        if isinstance(self.kernel_size, int):
+            return [self.kernel_size] * self.num_blocks
+        return list(self.kernel_size)
+
+    def validate(self) -> None:
+        if self.num_blocks < 1:
+            raise UserError(f"--num-blocks {self.num_blocks}: need at least 1 conv block")
+        if len(self.block_filters()) != self.num_blocks:
+            raise UserError(f"--filters {self.filters}: give one value per conv block ({self.num_blocks})")
+        if len(self.block_kernels()) != self.num_blocks:
+            raise UserError(f"--kernel-size {self.kernel_size}: give one value or one per conv block ({self.num_blocks})")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"--activation {self.activation}: choose one of {', '.join(ACTIVATIONS)}")
+        if self.pooling not in POOLINGS:
+            raise UserError(f"--pooling {self.pooling}: choose one of {', '.join(POOLINGS)}")
+        smallest = 2**self.num_blocks
+        if self.input_size < smallest:
+            raise UserError(
+                f"--image-size {self.input_size} is too small for {self.num_blocks} pooling blocks: "
+                f"use --image-size {smallest} or more, or fewer --num-blocks"
+            )
+        for name in ("conv_dropout", "dense_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """How the model is optimised."""
+
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    early_stopping: int | None = None
+    mixed_precision: str = "auto"
+    jit_compile: str = "auto"
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs {self.epochs}: train for at least 1 epoch")
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning-rate {self.learning_rate}: must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer {self.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule {self.lr_schedule}: choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
+
+
+@dataclass
+class TrackingConfig:
+    """Weights & Biases: offline unless asked otherwise, never a login prompt."""
+
+    wandb: str = "auto"
+    project: str = "inat-keras"
+    group: str | None = None
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild and retrain a run."""
+
+    name: str
+    kind: str = "scratch"
+    out: str = "runs"
+    demo: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        return cls(
+            name=raw["name"],
+            kind=raw.get("kind", "scratch"),
+            out=raw.get("out", "runs"),
+            demo=raw.get("demo", False),
+            data=from_dict(DataConfig, raw.get("data", {})),
+            model=dict(raw.get("model", {})),
+            train=from_dict(TrainConfig, raw.get("train", {})),
+            tracking=from_dict(TrackingConfig, raw.get("tracking", {})),
+        )
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], raw: dict[str, Any]) -> T:
+    """Build a config dataclass, refusing keys it does not have."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)}: known are {', '.join(sorted(names))}")
+    return cls(**raw)

@@ -1,0 +1,406 @@
+"""Training a run end to end: run directory, data, model, fit with resumable checkpoints, test.
+
+A run directory ``<out>/<name>/`` holds:
+``config.json`` (everything to rebuild and retrain), ``split.csv``, ``best.keras`` (best
+validation accuracy), ``history.csv``, ``curves.png``, ``metrics.json``, and while a run is
+unfinished ``checkpoint/`` (the last completed epoch, with optimizer state, for ``--resume``).
+Every file is written to a temporary name and renamed, so a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import data as data_lib
+from .config import CNNConfig, RunConfig
+from .errors import UserError
+from .io import atomic_write, read_json, write_csv, write_json, write_text
+
+CONFIG_FILE = "config.json"
+BEST_MODEL = "best.keras"
+STATE_FILE = "checkpoint/state.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    messages: list[str] = field(default_factory=list)
+
+
+# -- run directory ------------------------------------------------------------------------
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.out) / config.name
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """Create the run directory, refusing to overwrite a run and checking it is writable."""
+    if not resume and (run_dir / CONFIG_FILE).exists():
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to {run_dir} ({error.strerror}): choose a writable --out directory") from None
+
+
+def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found: --resume takes a run directory written by a training command")
+    return RunConfig.from_dict(read_json(path))
+
+
+# -- devices and precision ----------------------------------------------------------------
+
+
+def gpu_available() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def configure_devices() -> None:
+    """Grow GPU memory on demand so a shared GPU is not grabbed whole."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised: too late to change, and harmless
+            pass
+
+
+def resolve_switch(value: str, *, default: bool) -> bool:
+    return default if value == "auto" else value == "on"
+
+
+def set_precision(mixed_precision: str) -> str:
+    """Mixed float16 on a GPU by default (Keras then scales the loss); float32 on a CPU."""
+    import keras
+
+    policy = "mixed_float16" if resolve_switch(mixed_precision, default=gpu_available()) else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# -- model and optimizer --------------------------------------------------------------------
+
+
+def cnn_config(config: RunConfig, num_classes: int) -> CNNConfig:
+    from .config import from_dict
+
+    model = from_dict(CNNConfig, {**config.model, "num_classes": num_classes, "input_size": config.data.image_size})
+    model.validate()
+    return model
+
+
+ModelBuilder = Callable[[RunConfig, int], Any]
+
+
+def build_model(config: RunConfig, num_classes: int):
+    """The model a run's config describes (scratch CNN or transfer backbone)."""
+    if config.kind == "scratch":
+        from .models import build_cnn
+
+        return build_cnn(cnn_config(config, num_classes))
+    if config.kind == "transfer":
+        from .transfer import build_transfer_from_config
+
+        return build_transfer_from_config(config, num_classes)
+    raise UserError(f"run kind {config.kind!r} in config.json: expected 'scratch' or 'transfer'")
+
+
+def model_counts(config: RunConfig, model, num_classes: int) -> dict[str, int]:
+    """Parameters and multiply-accumulates; analytic for the scratch CNN."""
+    from .models import count_macs, count_params, layer_macs
+
+    trainable = int(sum(math.prod(w.shape) for w in model.trainable_weights))
+    if config.kind == "scratch":
+        cnn = cnn_config(config, num_classes)
+        return {"num_params": count_params(cnn), "macs": count_macs(cnn), "trainable_params": trainable}
+    return {"num_params": int(model.count_params()), "macs": layer_macs(model), "trainable_params": trainable}
+
+
+def make_optimizer(config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None):
+    import keras
+
+    train = config.train
+    rate = learning_rate or train.learning_rate
+    schedule: Any = rate
+    if train.lr_schedule == "cosine":
+        warmup = train.warmup_epochs * steps_per_epoch
+        total = max(train.epochs * steps_per_epoch - warmup, 1)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=rate / 100 if warmup else rate,
+            decay_steps=total,
+            warmup_target=rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    decay = train.weight_decay or None
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(schedule, weight_decay=decay)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay or 1e-4)
+    return keras.optimizers.SGD(schedule, momentum=train.momentum, nesterov=True, weight_decay=decay)
+
+
+def compile_model(model, config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None) -> None:
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k=3, name="top3_accuracy")],
+        jit_compile=resolve_jit(config.train.jit_compile),
+    )
+
+
+def resolve_jit(value: str) -> bool | str:
+    # XLA pays off on a GPU; on a CPU its compile time outweighs the gain for these models.
+    if value == "auto":
+        return gpu_available()
+    return value == "on"
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def _keras_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+def save_model_atomically(model, path: Path) -> None:
+    atomic_write(path, lambda tmp: model.save(tmp))
+
+
+class EpochCheckpoint(_keras_callback_base()):
+    """After each epoch: best model, last checkpoint, history, and the state that names them.
+
+    ``state.json`` is written last and is the commit point: a kill at any moment leaves the
+    previous state pointing at a complete checkpoint. Early stopping lives here too, so its
+    patience counter survives a resume.
+    """
+
+    def __init__(self, run_dir: Path, state: dict[str, Any], patience: int | None, title: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = state
+        self.patience = patience
+        self.title = title
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        seconds = time.perf_counter() - self._epoch_start
+        row = {"epoch": epoch + 1, **logs, "seconds": seconds}
+        if "learning_rate" not in row:
+            row["learning_rate"] = float(self.model.optimizer.learning_rate)
+        state = self.state
+        state["history"].append(row)
+        state["train_seconds"] += seconds
+        val_accuracy = logs.get("val_accuracy", float("nan"))
+        if not math.isfinite(logs.get("loss", float("nan"))):
+            self.model.stop_training = True
+            state["stopped"] = "nan"
+            return
+        if val_accuracy > state["best_val_accuracy"]:
+            state["best_val_accuracy"], state["best_epoch"] = val_accuracy, epoch + 1
+            save_model_atomically(self.model, self.run_dir / BEST_MODEL)
+        checkpoint = self.run_dir / "checkpoint" / f"epoch-{epoch + 1:03d}.keras"
+        save_model_atomically(self.model, checkpoint)
+        previous = state.get("checkpoint")
+        state["epochs_done"] = epoch + 1
+        state["checkpoint"] = checkpoint.name
+        if self.patience and state["epochs_done"] - state["best_epoch"] >= self.patience:
+            self.model.stop_training = True
+            state["stopped"] = "early_stopping"
+        write_json(self.run_dir / STATE_FILE, state)
+        if previous and previous != checkpoint.name:
+            (self.run_dir / "checkpoint" / previous).unlink(missing_ok=True)
+        write_history(self.run_dir, state["history"], self.title)
+
+
+def new_state() -> dict[str, Any]:
+    return {
+        "epochs_done": 0,
+        "checkpoint": None,
+        "best_val_accuracy": -1.0,
+        "best_epoch": 0,
+        "train_seconds": 0.0,
+        "history": [],
+        "stopped": None,
+        "finished": False,
+    }
+
+
+def write_history(run_dir: Path, history: list[dict[str, float]], title: str) -> None:
+    from .plots import plot_curves
+
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    write_csv(run_dir / HISTORY_FILE, columns, ([row.get(c, "") for c in columns] for row in history))
+    plot_curves(history, run_dir / "curves.png", title=title)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def resolve_data_dir(config: RunConfig) -> None:
+    if config.data.data_dir is None:
+        if not config.demo:
+            raise UserError(
+                "no dataset given: pass --data DIR (get iNaturalist-12K with `python -m inat_keras download`), "
+                "or --demo to try the embedded digits"
+            )
+        from .demo import demo_dataset_dir
+
+        config.data.data_dir = str(demo_dataset_dir())
+
+
+def train_run(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    verbose: int | str = "auto",
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train (or continue) the run ``config`` describes and evaluate it once on the test set."""
+    import keras
+
+    run_dir = run_dir_of(config)
+    config.train.validate()
+    resolve_data_dir(config)
+    if resume:
+        class_names = read_json(run_dir / CONFIG_FILE)["class_names"]
+        split = data_lib.load_split(run_dir, class_names)
+    else:
+        split = data_lib.make_split(config.data)
+    num_classes = len(split.class_names)
+    if config.kind == "scratch":
+        cnn_config(config, num_classes)  # refuse a bad model before any file is written
+    prepare_run_dir(run_dir, resume=resume)
+
+    state = read_json(run_dir / STATE_FILE) if resume and (run_dir / STATE_FILE).exists() else new_state()
+    if state["finished"]:
+        log(f"{run_dir} already finished: nothing to resume")
+        return RunResult(run_dir, read_json(run_dir / METRICS_FILE))
+    if not resume:
+        write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
+        data_lib.save_split(split, run_dir)
+
+    configure_devices()
+    keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
+    policy = set_precision(config.train.mixed_precision)
+    datasets = {
+        "train": data_lib.make_dataset(split.train, config.data, num_classes, training=True, cache_name="train"),
+        "validation": data_lib.make_dataset(split.validation, config.data, num_classes, training=False, cache_name="val"),
+    }
+    steps_per_epoch = math.ceil(len(split.train) / config.data.batch_size)
+
+    if state["checkpoint"]:
+        model = keras.models.load_model(run_dir / "checkpoint" / state["checkpoint"])
+        log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
+    else:
+        model = build_model(config, num_classes)
+        compile_model(model, config, steps_per_epoch)
+    counts = model_counts(config, model, num_classes)
+    log(
+        f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
+        f"{counts['macs'] / 1e6:,.1f} M multiply-accumulates per image; precision {policy}; "
+        f"{len(split.train)} train / {len(split.validation)} validation / {len(split.test)} test images"
+    )
+
+    from .tracking import start_wandb
+
+    wandb_run = start_wandb(
+        config.tracking,
+        run_dir,
+        name=config.name,
+        config={**config.to_dict(), **counts},
+        resume_id=state.setdefault("wandb_id", None),
+    )
+    if wandb_run is not None:
+        state["wandb_id"] = wandb_run.run.id
+
+    callbacks: list = [EpochCheckpoint(run_dir, state, config.train.early_stopping, title=config.name)]
+    if config.train.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-6))
+    if wandb_run is not None:
+        callbacks.extend(wandb_run.callbacks())
+
+    if state["epochs_done"] < config.train.epochs and not state["stopped"]:
+        try:
+            model.fit(
+                datasets["train"],
+                validation_data=datasets["validation"],
+                epochs=config.train.epochs,
+                initial_epoch=state["epochs_done"],
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        except KeyboardInterrupt:
+            raise UserError(
+                f"interrupted after epoch {state['epochs_done']}: continue with "
+                f"`python train_scratch.py --resume {run_dir}`"
+            ) from None
+    if state["stopped"] == "nan":
+        raise UserError(
+            f"the loss became NaN or infinite in epoch {len(state['history'])}: the learning rate "
+            f"({config.train.learning_rate}) is probably too high; lower --learning-rate. "
+            f"The best model so far is kept in {run_dir / BEST_MODEL}"
+        )
+
+    metrics = evaluate_best(run_dir, split, config, num_classes, state, counts)
+    write_json(run_dir / METRICS_FILE, metrics)
+    state["finished"] = True
+    write_json(run_dir / STATE_FILE, state)
+    if state["checkpoint"]:
+        (run_dir / "checkpoint" / state["checkpoint"]).unlink(missing_ok=True)
+    messages = []
+    if wandb_run is not None:
+        wandb_run.log_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        messages.append(wandb_run.finish())
+    return RunResult(run_dir, metrics, messages)
+
+
+def evaluate_best(run_dir: Path, split, config: RunConfig, num_classes: int, state, counts) -> dict[str, Any]:
+    import keras
+
+    best = keras.models.load_model(run_dir / BEST_MODEL)
+    test = data_lib.make_dataset(split.test, config.data, num_classes, training=False, cache_name="test")
+    scores = best.evaluate(test, verbose=0, return_dict=True)
+    epochs_run = state["epochs_done"]
+    train_images = len(split.train) * (epochs_run)
+    return {
+        "test_accuracy": float(scores["accuracy"]),
+        "test_top3_accuracy": float(scores["top3_accuracy"]),
+        "test_loss": float(scores["loss"]),
+        "val_accuracy": float(state["best_val_accuracy"]),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": epochs_run,
+        "stopped_early": state["stopped"] == "early_stopping",
+        "train_seconds": round(state["train_seconds"], 3),
+        "train_images_per_second": round(train_images / max(state["train_seconds"], 1e-9), 2),
+        "num_train_images": len(split.train),
+        "num_validation_images": len(split.validation),
+        "num_test_images": len(split.test),
+        "class_names": split.class_names,
+        **counts,
+    }

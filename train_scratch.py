@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Train the from-scratch CNN: `python train_scratch.py --demo` or `--data DIR`. See --help."""
+
+import sys
+
+from inat_keras.cli import run_main, train_scratch_main
+
+if __name__ == "__main__":
+    sys.exit(run_main(train_scratch_main))

@@ -63,11 +63,12 @@ def discover_dataset(root: str | os.PathLike) -> tuple[list[str], LabelledFiles,
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist: pass --data DIR with train/ and val/ inside, or --demo")
+    for subset in ("train", "val"):
+        if not (root / subset).is_dir():
+            raise UserError(f"{root / subset} is missing: the data directory needs train/<class>/ and val/<class>/ folders")
     subsets = {}
     for subset in ("train", "val"):
         folder = root / subset
-        if not folder.is_dir():
-            raise UserError(f"{folder} is missing: the data directory needs train/<class>/ and val/<class>/ folders")
         per_class = list_class_images(folder)
         if not per_class:
             raise UserError(f"{folder} has no class folders: put each class's images in {folder}/<class>/")

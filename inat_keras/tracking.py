@@ -54,7 +54,7 @@ class WandbRun:
 
     def finish(self) -> str:
         """Close the run; returns the line telling the user where it went."""
-        self.run.finish(quiet=True)
+        self.run.finish()
         if self.mode == "offline":
             return f"W&B run saved offline; upload it with: wandb sync {self.directory}/wandb/offline-run-*"
         return f"W&B run: {self.run.url}"

@@ -1,0 +1,153 @@
+"""Dataset discovery, the stratified split and the tf.data pipeline on generated folders."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inat_keras import DataConfig, UserError
+from inat_keras.data import (
+    LabelledFiles,
+    discover_dataset,
+    load_image,
+    load_split,
+    make_dataset,
+    make_split,
+    save_split,
+    stratified_split,
+)
+from inat_keras.demo import write_digits_dataset
+
+
+def labelled(counts: list[int]) -> LabelledFiles:
+    labels = [label for label, n in enumerate(counts) for _ in range(n)]
+    return LabelledFiles([f"img{i}.png" for i in range(len(labels))], labels)
+
+
+def test_split_is_stratified_and_deterministic_for_a_seed() -> None:
+    files = labelled([50, 30, 20])
+    train, val = stratified_split(files, 0.2, seed=7)
+    assert Counter(val.labels) == {0: 10, 1: 6, 2: 4}
+    assert set(train.paths).isdisjoint(val.paths) and len(train) + len(val) == 100
+    again, _ = stratified_split(files, 0.2, seed=7)
+    other, _ = stratified_split(files, 0.2, seed=8)
+    assert again.paths == train.paths and other.paths != train.paths
+
+
+def test_a_class_with_one_image_cannot_be_split() -> None:
+    with pytest.raises(UserError, match="class 1 has only 1 training image"):
+        stratified_split(labelled([5, 1]), 0.2, seed=0)
+
+
+def test_split_csv_round_trips_every_image_with_its_subset(tiny_dataset: Path, tmp_path: Path) -> None:
+    split = make_split(DataConfig(data_dir=str(tiny_dataset), val_split=0.25))
+    save_split(split, tmp_path)
+    loaded = load_split(tmp_path, split.class_names)
+    assert loaded.train.paths == split.train.paths and loaded.validation.labels == split.validation.labels
+    assert len(loaded.test) == 12 and len(loaded.validation) == 6 and len(loaded.train) == 18
+
+
+def test_discovery_finds_sorted_classes_and_ignores_hidden_and_non_image_files(tiny_dataset: Path) -> None:
+    (tiny_dataset / "train" / "class_a" / ".DS_Store").write_bytes(b"junk")
+    (tiny_dataset / "train" / "class_a" / "notes.txt").write_text("hello")
+    classes, train, test = discover_dataset(tiny_dataset)
+    assert classes == ["class_a", "class_b", "class_c"]
+    assert len(train) == 24 and len(test) == 12
+    assert all(p.endswith(".png") for p in train.paths)
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: (root / "train").mkdir(parents=True), "val is missing"),
+        (lambda root: [(root / s).mkdir(parents=True) for s in ("train", "val")], "has no class folders"),
+    ],
+)
+def test_missing_or_empty_data_directory_is_a_user_error(tmp_path: Path, breakage, message) -> None:
+    root = tmp_path / "nowhere"
+    breakage(root)
+    with pytest.raises(UserError, match=message):
+        discover_dataset(root)
+
+
+def test_class_mismatch_between_train_and_val_names_both_sides(tiny_dataset: Path) -> None:
+    (tiny_dataset / "val" / "class_c").rename(tiny_dataset / "val" / "class_z")
+    with pytest.raises(UserError, match=r"only in train: \['class_c'\].*only in val: \['class_z'\]"):
+        discover_dataset(tiny_dataset)
+
+
+def test_every_common_format_decodes_to_rgb_uint8_of_the_target_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "c.gif")
+    Image.fromarray(rgb).save(tmp_path / "d.bmp")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "e_gray.png")
+    rgba = np.dstack([rgb, np.zeros((50, 70), np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "f_transparent.png")
+    for path in sorted(tmp_path.iterdir()):
+        image = load_image(path, 32)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8, path.name
+    # a fully transparent image shows its white background, not its hidden colour
+    assert load_image(tmp_path / "f_transparent.png", 16).min() == 255
+    gray = load_image(tmp_path / "e_gray.png", 16)
+    assert np.array_equal(gray[..., 0], gray[..., 1])
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale_with_the_same_picture(tmp_path: Path) -> None:
+    smooth = np.linspace(0, 255, 800)[None, :, None].repeat(600, axis=0).repeat(3, axis=2).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    with Image.open(tmp_path / "big.jpg") as image:
+        image.draft("RGB", (64, 64))
+        assert image.size[0] < 800  # Pillow's DCT scaling took effect
+    small = load_image(tmp_path / "big.jpg", 64)
+    assert abs(int(small[0, 0, 0]) - 0) < 12 and abs(int(small[0, -1, 0]) - 255) < 12
+
+
+def test_pipeline_yields_float_batches_in_0_255_with_one_hot_labels(tiny_dataset: Path) -> None:
+    config = DataConfig(data_dir=str(tiny_dataset), image_size=32, batch_size=5)
+    split = make_split(config)
+    dataset = make_dataset(split.train, config, 3, training=True)
+    batches = list(dataset)
+    images, labels = batches[0]
+    assert images.shape == (5, 32, 32, 3) and images.dtype.name == "float32"
+    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+    assert float(images.numpy().max()) > 1.0  # raw 0-255: normalisation is the model's job
+    np.testing.assert_array_equal(labels.numpy().sum(axis=1), 1.0)
+    assert sum(int(b[0].shape[0]) for b in batches) == len(split.train)
+
+
+def test_augmentation_changes_training_images_only(tiny_dataset: Path) -> None:
+    config = DataConfig(data_dir=str(tiny_dataset), image_size=32, batch_size=64, augment=True, seed=1)
+    split = make_split(config)
+    plain = next(iter(make_dataset(split.validation, config, 3, training=False)))[0].numpy()
+    again = next(iter(make_dataset(split.validation, config, 3, training=False)))[0].numpy()
+    np.testing.assert_array_equal(plain, again)
+    train_a = next(iter(make_dataset(split.train, config, 3, training=True)))[0].numpy()
+    unaugmented = DataConfig(**{**config.__dict__, "augment": False})
+    train_b = next(iter(make_dataset(split.train, unaugmented, 3, training=True)))[0].numpy()
+    assert train_a.shape == train_b.shape and not np.allclose(np.sort(train_a.ravel()), np.sort(train_b.ravel()))
+
+
+def test_file_cache_writes_cache_files(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = DataConfig(data_dir=str(tiny_dataset), image_size=32, cache=str(tmp_path / "cache" / "imgs"))
+    split = make_split(config)
+    list(make_dataset(split.test, config, 3, training=False, cache_name="test"))
+    assert any(p.name.startswith("imgstest") for p in (tmp_path / "cache").iterdir())
+
+
+def test_demo_writer_produces_the_real_digits_in_train_and_val_folders(tmp_path: Path) -> None:
+    root = write_digits_dataset(tmp_path / "digits")
+    classes, train, test = discover_dataset(root)
+    assert classes == [str(d) for d in range(10)]
+    assert len(train) + len(test) == 1797
+    assert 0.18 < len(test) / 1797 < 0.22
+    assert min(Counter(test.labels).values()) >= 30  # stratified: every digit well represented
+    first = np.asarray(Image.open(train.paths[0]))
+    assert first.shape == (8, 8) and first.max() > 200  # real ink strokes, not blank

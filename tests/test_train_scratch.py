@@ -1,0 +1,122 @@
+"""train_scratch.py end to end: every run artifact, the demo, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from inat_keras.cli import train_scratch_main
+from inat_keras.config import RunConfig
+
+TINY_MODEL = ["--image-size", "32", "--num-blocks", "3", "--first-filters", "8", "--dense-units", "16"]
+
+
+def run_cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "INAT_KERAS_HOME": str(env_home), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train_scratch.py"), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "--data", str(tiny_dataset), *TINY_MODEL, "--epochs", "2", "--out", str(tmp_path / "runs"),
+        "--name", "tiny", "--wandb", "offline", "--quiet", "--lr-schedule", "cosine", "--warmup-epochs", "1",
+        env_home=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert str(run) in last_line and "test accuracy" in last_line
+
+    config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert config.data.image_size == 32 and config.model["num_blocks"] == 3 and config.train.lr_schedule == "cosine"
+
+    with open(run / "split.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["subset"] for r in rows} == {"train", "validation", "test"} and len(rows) == 36
+    with open(run / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in history] == [1, 2] and "val_accuracy" in history[0]
+    assert Image.open(run / "curves.png").size[0] > 400
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test_accuracy", "val_accuracy", "num_params", "macs", "epochs_run", "train_seconds", "train_images_per_second"):
+        assert key in metrics, key
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    from inat_keras import CNNConfig, count_params
+
+    assert metrics["num_params"] == count_params(CNNConfig(**{**config.model, "num_classes": 3, "input_size": 32}))
+
+    import keras
+    import numpy as np
+
+    model = keras.models.load_model(run / "best.keras")
+    raw = np.asarray(Image.open(rows[0]["path"]).convert("RGB").resize((32, 32)), dtype="float32")[None]
+    assert model.predict(raw, verbose=0).shape == (1, 3)
+
+    assert list((run / "wandb").glob("offline-run-*")), "offline W&B run stored under the run directory"
+    assert "wandb sync" in result.stdout
+    assert not list(run.glob("checkpoint/*.keras")), "the resume checkpoint is removed once the run finished"
+
+
+def test_demo_reaches_95_percent_on_the_real_digits(tmp_path: Path) -> None:
+    result = run_cli("--demo", "--out", str(tmp_path / "runs"), "--name", "demo", "--wandb", "off", "--quiet", env_home=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "demo" in result.stdout.lower() and "python -m inat_keras download" in result.stdout
+    metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.95
+    assert metrics["num_test_images"] == 360
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    from inat_keras.cli import run_main
+
+    assert run_main(train_scratch_main, argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "Traceback" not in error
+    return error
+
+
+def test_no_dataset_says_how_to_get_one_and_about_the_demo(capsys) -> None:
+    error = one_line_error(capsys, [])
+    assert "--data" in error and "--demo" in error and "download" in error
+
+
+def test_image_too_small_for_the_pooling_blocks_is_refused_before_any_file(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    error = one_line_error(capsys, ["--data", str(tiny_dataset), "--image-size", "16", "--out", str(tmp_path / "r")])
+    assert "--image-size 16" in error and "32" in error
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_output_directory_is_refused(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    error = one_line_error(capsys, ["--data", str(tiny_dataset), *TINY_MODEL, "--out", str(blocker), "--wandb", "off"])
+    assert "--out" in error and str(blocker) in error
+
+
+def test_an_existing_run_is_never_overwritten(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "config.json").write_text("{}")
+    error = one_line_error(
+        capsys, ["--data", str(tiny_dataset), *TINY_MODEL, "--out", str(tmp_path / "runs"), "--name", "taken", "--wandb", "off"]
+    )
+    assert "--resume" in error
+
+
+def test_run_config_round_trips_and_refuses_unknown_settings() -> None:
+    from inat_keras import UserError
+
+    config = RunConfig(name="x", model={"num_blocks": 4})
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(UserError, match="unknown TrainConfig setting.*epoch_count"):
+        RunConfig.from_dict({"name": "x", "train": {"epoch_count": 3}})

@@ -352,6 +352,7 @@ def train_run(
                 validation_data=datasets["validation"],
                 epochs=config.train.epochs,
                 initial_epoch=state["epochs_done"],
+                shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
                 callbacks=callbacks,
                 verbose=verbose,
             )

@@ -14,6 +14,7 @@ from .cli import run_main
 COMMANDS = {
     "train": ("inat_keras.cli:train_scratch_main", "train the from-scratch CNN (same as train_scratch.py)"),
     "download": ("inat_keras.download:main", "download and extract the iNaturalist-12K dataset"),
+    "check-data": ("inat_keras.datacheck:main", "find unusable images, duplicates and class imbalance in a dataset"),
 }
 
 

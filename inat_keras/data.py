@@ -18,7 +18,10 @@ from .config import DataConfig
 from .errors import UserError
 from .io import read_csv, write_csv
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+# HEIC/HEIF are listed so the data check reports them as unsupported instead of silently ignoring photos.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 SPLIT_FILE = "split.csv"
 
 
@@ -58,8 +61,10 @@ def list_class_images(folder: Path) -> dict[str, list[str]]:
     return found
 
 
-def discover_dataset(root: str | os.PathLike) -> tuple[list[str], LabelledFiles, LabelledFiles]:
-    """Class names, the ``train/`` files and the ``val/`` (test) files of a dataset root."""
+def discover_dataset(
+    root: str | os.PathLike, exclude: frozenset[str] = frozenset()
+) -> tuple[list[str], LabelledFiles, LabelledFiles]:
+    """Class names, the ``train/`` files and the ``val/`` (test) files of a dataset root, less ``exclude``."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist: pass --data DIR with train/ and val/ inside, or --demo")
@@ -69,12 +74,13 @@ def discover_dataset(root: str | os.PathLike) -> tuple[list[str], LabelledFiles,
     subsets = {}
     for subset in ("train", "val"):
         folder = root / subset
-        per_class = list_class_images(folder)
+        per_class = {name: [f for f in files if f not in exclude] for name, files in list_class_images(folder).items()}
         if not per_class:
             raise UserError(f"{folder} has no class folders: put each class's images in {folder}/<class>/")
         empty = [name for name, files in per_class.items() if not files]
         if empty:
-            raise UserError(f"{folder}/{empty[0]} holds no images: add images or remove the folder")
+            usable = "usable " if exclude else ""
+            raise UserError(f"{folder}/{empty[0]} holds no {usable}images: add images or remove the folder")
         subsets[subset] = per_class
     train_classes, test_classes = list(subsets["train"]), list(subsets["val"])
     if train_classes != test_classes:
@@ -117,8 +123,8 @@ def stratified_split(files: LabelledFiles, val_fraction: float, seed: int) -> tu
     return pick(train_idx), pick(val_idx)
 
 
-def make_split(config: DataConfig) -> DatasetSplit:
-    class_names, train_files, test_files = discover_dataset(config.data_dir)
+def make_split(config: DataConfig, exclude: frozenset[str] = frozenset()) -> DatasetSplit:
+    class_names, train_files, test_files = discover_dataset(config.data_dir, exclude)
     train, validation = stratified_split(train_files, config.val_split, config.seed)
     return DatasetSplit(class_names, train, validation, test_files)
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +211,11 @@ class EpochCheckpoint(_keras_callback_base()):
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        # Ctrl-C waits until the epoch is saved, so an interrupt never loses a finished epoch.
+        with sigint_deferred(), failed_writes_as_user_errors(self.run_dir):
+            self.save_epoch(epoch, logs)
+
+    def save_epoch(self, epoch: int, logs=None) -> None:
         logs = {key: float(value) for key, value in (logs or {}).items()}
         seconds = time.perf_counter() - self._epoch_start
         row = {"epoch": epoch + 1, **logs, "seconds": seconds}
@@ -236,6 +244,57 @@ class EpochCheckpoint(_keras_callback_base()):
         if previous and previous != checkpoint.name:
             (self.run_dir / "checkpoint" / previous).unlink(missing_ok=True)
         write_history(self.run_dir, state["history"], self.title)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it (main thread only, where signals arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)
+
+
+@contextmanager
+def failed_writes_as_user_errors(run_dir: Path) -> Iterator[None]:
+    """A full disk or an unwritable run directory: one line naming the path, not a traceback.
+
+    The writes are atomic, so the last complete checkpoint is still there to resume from.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise UserError(
+            f"cannot write {error.filename or run_dir} ({error.strerror or error}): free disk space or make "
+            f"{run_dir} writable, then continue with --resume {run_dir} (the last complete epoch is kept)"
+        ) from None
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    # TensorFlow raises ResourceExhaustedError, or an InternalError naming it from inside XLA.
+    return type(error).__name__ == "ResourceExhaustedError" or "RESOURCE_EXHAUSTED" in str(error)[:2000]
+
+
+def out_of_memory_message(config: RunConfig, run_dir: Path) -> str:
+    smaller = max(1, config.data.batch_size // 2)
+    return (
+        f"out of memory with --batch-size {config.data.batch_size} at --image-size {config.data.image_size}: "
+        f"try --batch-size {smaller} in a new run (or lower batch_size in {run_dir / CONFIG_FILE} and --resume)"
+    )
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Half-written temporary files a killed process left behind (never the files they were for)."""
+    for folder in (run_dir, run_dir / "checkpoint"):
+        for stale in folder.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
 
 
 def new_state() -> dict[str, Any]:
@@ -287,15 +346,21 @@ def train_run(
     run_dir = run_dir_of(config)
     config.train.validate()
     resolve_data_dir(config)
+    from .datacheck import check_before_training, record_in_run, usable_split
+
+    data_report = check_before_training(config.data.data_dir, skip_bad=config.data.skip_bad, log=log)
     if resume:
         class_names = read_json(run_dir / CONFIG_FILE)["class_names"]
-        split = data_lib.load_split(run_dir, class_names)
+        split = usable_split(data_lib.load_split(run_dir, class_names), data_report.bad_paths)
     else:
-        split = data_lib.make_split(config.data)
+        split = data_lib.make_split(config.data, exclude=data_report.bad_paths)
     num_classes = len(split.class_names)
     if config.kind == "scratch":
         cnn_config(config, num_classes)  # refuse a bad model before any file is written
     prepare_run_dir(run_dir, resume=resume)
+    remove_temporaries(run_dir)
+    with failed_writes_as_user_errors(run_dir):
+        record_in_run(data_report, run_dir)
 
     state = read_json(run_dir / STATE_FILE) if resume and (run_dir / STATE_FILE).exists() else new_state()
     if state["finished"]:
@@ -361,19 +426,29 @@ def train_run(
                 f"interrupted after epoch {state['epochs_done']}: continue with "
                 f"`python train_scratch.py --resume {run_dir}`"
             ) from None
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise UserError(out_of_memory_message(config, run_dir)) from None
+            raise
     if state["stopped"] == "nan":
         raise UserError(
             f"the loss became NaN or infinite in epoch {len(state['history'])}: the learning rate "
             f"({config.train.learning_rate}) is probably too high; lower --learning-rate. "
-            f"The best model so far is kept in {run_dir / BEST_MODEL}"
+            + (
+                f"The best model so far (epoch {state['best_epoch']}) is kept in {run_dir / BEST_MODEL}"
+                if state["best_epoch"]
+                else "No epoch finished with a finite loss, so there is no best model"
+            )
         )
 
     metrics = evaluate_best(run_dir, split, config, num_classes, state, counts)
-    write_json(run_dir / METRICS_FILE, metrics)
-    state["finished"] = True
-    write_json(run_dir / STATE_FILE, state)
-    if state["checkpoint"]:
-        (run_dir / "checkpoint" / state["checkpoint"]).unlink(missing_ok=True)
+    with failed_writes_as_user_errors(run_dir):
+        write_json(run_dir / METRICS_FILE, metrics)
+        state["finished"] = True
+        write_json(run_dir / STATE_FILE, state)
+    # Also an older checkpoint a kill left behind between writing state.json and deleting it.
+    for checkpoint in (run_dir / "checkpoint").glob("epoch-*.keras"):
+        checkpoint.unlink(missing_ok=True)
     messages = []
     if wandb_run is not None:
         wandb_run.log_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

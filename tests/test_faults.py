@@ -1,0 +1,236 @@
+"""Faults during a run: SIGKILL and resume, Ctrl-C, a NaN loss, a full disk, an unwritable directory, OOM."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_dataset_root
+from inat_keras import training
+from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
+from inat_keras.errors import UserError
+
+TINY_CLI = [
+    "--image-size", "32", "--num-blocks", "3", "--first-filters", "4", "--dense-units", "8",
+    "--batch-size", "4", "--wandb", "off", "--quiet",
+]
+
+
+def tiny_run_config(data: Path, out: Path, name: str = "run", *, epochs: int = 1, batch_size: int = 8, **train) -> RunConfig:
+    """A model of a few thousand weights on 32x32 images: about a second an epoch on a CPU."""
+    return RunConfig(
+        name=name,
+        out=str(out),
+        data=DataConfig(data_dir=str(data), image_size=32, batch_size=batch_size),
+        model={"num_blocks": 2, "first_filters": 4, "dense_units": [8]},
+        train=TrainConfig(epochs=epochs, **train),
+        tracking=TrackingConfig(wandb="off"),
+    )
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+# -- real processes ------------------------------------------------------------------------------
+
+
+def start_training(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    # Output to a file: a pipe nobody reads could fill up and stall the process.
+    with open(log, "a") as handle:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "train_scratch.py"), *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
+
+
+def epochs_saved(run: Path) -> int:
+    try:
+        return json.loads((run / "checkpoint" / "state.json").read_text())["epochs_done"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training ended before the kill point:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"kill point not reached in {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.005)
+
+
+def kill(process: subprocess.Popen, signum: int = signal.SIGKILL) -> int:
+    process.send_signal(signum)
+    return process.wait(timeout=60)
+
+
+def saving_a_checkpoint(run: Path) -> bool:
+    return bool(list((run / "checkpoint").glob(".epoch-*.tmp*")))
+
+
+def test_a_run_killed_twice_resumes_to_exactly_the_requested_epochs(tiny_dataset: Path, tmp_path: Path) -> None:
+    run, log = tmp_path / "runs" / "killed", tmp_path / "train.log"
+    first = start_training(["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--name", "killed", "--epochs", "6", *TINY_CLI], log)
+    # Kill point 1: as soon as the first epoch is committed (the second one is under way).
+    wait_until(lambda: epochs_saved(run) >= 1, first, log)
+    assert kill(first) == -signal.SIGKILL
+
+    second = start_training(["--resume", str(run)], log)
+    # Kill point 2: in the middle of writing a later epoch's checkpoint, the most fragile moment.
+    wait_until(lambda: epochs_saved(run) >= 3 and (saving_a_checkpoint(run) or epochs_saved(run) >= 5), second, log)
+    assert kill(second) == -signal.SIGKILL
+    assert 3 <= epochs_saved(run) < 6
+
+    final = subprocess.run(
+        [sys.executable, str(REPO / "train_scratch.py"), "--resume", str(run), "--quiet"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    with open(run / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 6 and 1 <= metrics["best_epoch"] <= 6
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["finished"] and [row["epoch"] for row in state["history"]] == [1, 2, 3, 4, 5, 6]
+    json.loads((run / "config.json").read_text())
+    with open(run / "split.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 36
+    import keras
+
+    assert keras.models.load_model(run / "best.keras").output_shape == (None, 3)
+    assert not list(run.rglob(".*.tmp*")), "no temporary file of a killed write is left"
+    assert not list(run.glob("checkpoint/*.keras")), "finished runs keep no resume checkpoint"
+
+
+def test_ctrl_c_saves_the_state_and_names_the_resume_command(tiny_dataset: Path, tmp_path: Path) -> None:
+    run, log = tmp_path / "runs" / "ctrl-c", tmp_path / "train.log"
+    process = start_training(["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--name", "ctrl-c", "--epochs", "30", *TINY_CLI], log)
+    wait_until(lambda: epochs_saved(run) >= 2, process, log)
+    assert kill(process, signal.SIGINT) == 2
+
+    output = log.read_text()
+    error_lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "interrupted after epoch" in error_lines[0]
+    assert f"--resume {run}" in error_lines[0]
+    assert "Traceback" not in output
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] >= 2 and (run / "checkpoint" / state["checkpoint"]).is_file()
+    assert f"after epoch {state['epochs_done']}:" in error_lines[0], "the message names the epoch that was saved"
+
+
+def test_a_ctrl_c_during_the_epoch_commit_waits_until_it_is_written() -> None:
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with training.sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here; a plain handler would raise now
+            reached_end = True
+    assert reached_end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# -- in-process faults ----------------------------------------------------------------------------
+
+
+def test_a_nan_loss_names_the_learning_rate_and_keeps_the_best_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    # One step per epoch: epoch 1's loss is measured before the absurd update, so it is finite.
+    config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=3, batch_size=64, learning_rate=1e30)
+    with pytest.raises(UserError) as caught:
+        training.train_run(config, verbose=0, log=quiet)
+    message = str(caught.value)
+    assert "NaN" in message and "1e+30" in message and "--learning-rate" in message
+    run = tmp_path / "runs" / "run"
+    assert str(run / "best.keras") in message and "epoch 1" in message
+    import keras
+
+    assert keras.models.load_model(run / "best.keras").output_shape == (None, 3)
+    assert epochs_saved(run) == 1
+
+
+class BrokenDisk:
+    """From epoch 2 on, ``module.name`` fails as a full or read-only disk would, until ``repair()``."""
+
+    def __init__(self, monkeypatch, module, name: str, fail: Callable) -> None:
+        self.broken, self.armed = False, True
+        original_save, original = training.EpochCheckpoint.save_epoch, getattr(module, name)
+
+        def save_epoch(checkpoint, epoch: int, logs=None) -> None:
+            self.broken = self.broken or (self.armed and epoch >= 1)
+            original_save(checkpoint, epoch, logs)
+
+        def call(*args, **kwargs):
+            return fail(*args, **kwargs) if self.broken else original(*args, **kwargs)
+
+        monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", save_epoch)
+        monkeypatch.setattr(module, name, call)
+
+    def repair(self) -> None:
+        self.broken = self.armed = False
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def permission_denied(dir: str, prefix: str, suffix: str, **kwargs):
+    # What mkstemp raises in a directory that lost its write permission (chmod does not stop root).
+    raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}abc123{suffix}"))
+
+
+def test_a_full_disk_ends_the_run_with_the_path_and_a_resumable_checkpoint(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=3)
+    run = tmp_path / "runs" / "run"
+    # fsync is where a full disk usually shows up: the data was accepted into the page cache, not stored.
+    disk = BrokenDisk(monkeypatch, os, "fsync", no_space)
+    with pytest.raises(UserError) as caught:
+        training.train_run(config, verbose=0, log=quiet)
+    message = str(caught.value)
+    assert "No space left on device" in message and str(run) in message and f"--resume {run}" in message
+    assert epochs_saved(run) == 1
+    assert not list(run.rglob(".*.tmp*")), "the failed write left no temporary file"
+
+    disk.repair()
+    result = training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    assert result.metrics["epochs_run"] == 3
+
+
+def test_an_unwritable_run_directory_ends_the_run_with_a_clear_message(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=3)
+    run = tmp_path / "runs" / "run"
+    BrokenDisk(monkeypatch, tempfile, "mkstemp", permission_denied)
+    with pytest.raises(UserError) as caught:
+        training.train_run(config, verbose=0, log=quiet)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {run}") and "(Permission denied)" in message
+    assert f"make {run} writable" in message and "\n" not in message
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and (run / "checkpoint" / state["checkpoint"]).is_file()
+
+
+def test_out_of_memory_suggests_a_smaller_batch_size(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    import keras
+    import tensorflow as tf
+
+    def fit(self, *args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[8,4,32,32]")
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    config = tiny_run_config(tiny_dataset, tmp_path / "runs", batch_size=8)
+    with pytest.raises(UserError, match=r"out of memory with --batch-size 8 .*try --batch-size 4"):
+        training.train_run(config, verbose=0, log=quiet)

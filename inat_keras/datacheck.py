@@ -501,9 +501,9 @@ def usable_split(split: data_lib.DatasetSplit, bad_paths: frozenset[str]) -> dat
 class ProgressLine:
     """``checked N/M images`` on stderr: redrawn in a terminal, every 10% otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream, self.last, self.step = stream, 0.0, -1
-        self.live = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream, self.last, self.step = stream or sys.stderr, 0.0, -1
+        self.live = self.stream.isatty()
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()

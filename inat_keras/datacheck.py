@@ -101,13 +101,28 @@ def dataset_splits(root: Path) -> list[tuple[str, Path]]:
     return splits or [("all", root)]
 
 
-def ignore_reason(name: str) -> str:
+def ignore_reason(path: str) -> str:
+    name = os.path.basename(path)
     lowered = name.lower()
     if lowered in SYSTEM_FILES or lowered.startswith("._"):
         return "system file"
     if name.startswith("."):
         return "hidden"
-    return f"not an image name ({Path(lowered).suffix or 'no extension'})"
+    reason = f"not an image name ({Path(lowered).suffix or 'no extension'})"
+    fmt = image_format(path)
+    return f"{reason}, but a {fmt} image: rename it to .{fmt.lower()} to use it" if fmt else reason
+
+
+def image_format(path: str) -> str:
+    """The format Pillow reads from a file's first bytes (no decoding), or "" when it is no image."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")
+            return image.format or ""
+    except Exception:  # not an image, unreadable, or a format Pillow refuses: all mean "not usable as is"
+        return ""
 
 
 def list_ignored(folder: Path) -> list[dict[str, str]]:
@@ -124,7 +139,7 @@ def list_ignored(folder: Path) -> list[dict[str, str]]:
             if top and data_lib.is_image_name(Path(name)):
                 ignored.append({"path": os.path.join(dirpath, name), "reason": "outside the class folders"})
             elif not data_lib.is_image_name(Path(name)):
-                ignored.append({"path": os.path.join(dirpath, name), "reason": ignore_reason(name)})
+                ignored.append({"path": os.path.join(dirpath, name), "reason": ignore_reason(os.path.join(dirpath, name))})
     return ignored
 
 
@@ -452,7 +467,12 @@ def check_before_training(data_dir: str, *, skip_bad: bool, log: Callable[[str],
     The report goes to the cache folder, since the run directory may not exist yet.
     """
     root = Path(data_dir)
-    report = check_dataset(root)
+
+    def announce(done: int, total: int) -> None:
+        if done == 1 and total >= 100:
+            log(f"data check: decoding {total} new or changed image(s) in {root} once; later runs use the cache")
+
+    report = check_dataset(root, progress=announce)
     try:
         report_file = write_report(report, cache_dir(), f"{dataset_key(root)}.report")
     except OSError:

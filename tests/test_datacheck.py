@@ -116,6 +116,7 @@ def make_messy_dataset(root: Path) -> Path:
     shutil.copy(root / "train" / "cat" / "png8.png", root / "train" / "cat" / ".thumbnails" / "t.png")
     (root / "train" / "dog" / "._lying.jpg").write_bytes(b"\x00\x05\x16\x07")
     Image.fromarray(two_tone(22)).save(root / "train" / "stray.png")
+    Image.fromarray(two_tone(23)).save(root / "train" / "cat" / "IMG_0001", format="JPEG")
     return root
 
 
@@ -134,6 +135,7 @@ EXPECTED_IGNORED = {
     "train/dog/._lying.jpg": "system file",
     "train/stray.png": "outside the class folders",
     "val/dog/notes.txt": "not an image name (.txt)",
+    "train/cat/IMG_0001": "not an image name (no extension), but a JPEG image: rename it to .jpeg to use it",
 }
 
 
@@ -154,7 +156,7 @@ def test_the_check_names_every_bad_file_duplicate_and_ignored_file(tmp_path: Pat
     assert leak["splits"] == "train+val" and sorted(Path(p).name for p in leak["paths"]) == ["baseline.JPG", "leak.jpg"]
     assert conflict["splits"] == "train" and conflict["classes"] == ["cat", "dog"]
     assert report.summary == {
-        "images": 23, "usable": 17, "unusable": 6, "ignored": 6, "classes": 2,
+        "images": 23, "usable": 17, "unusable": 6, "ignored": 7, "classes": 2,
         "duplicate_groups": 2, "duplicate_groups_across_splits": 1,
     }
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from .config import (
     ACTIVATIONS,
+    DISTRIBUTE_MODES,
+    LR_SCALINGS,
     LR_SCHEDULES,
     OPTIMIZERS,
     POOLINGS,
@@ -105,6 +107,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val accuracy")
     group.add_argument("--mixed-precision", choices=SWITCHES, help="auto: on with a GPU, off on a CPU")
     group.add_argument("--jit-compile", choices=SWITCHES, help="XLA; auto: on with a GPU")
+    group.add_argument(
+        "--distribute", choices=DISTRIBUTE_MODES, help="none (default), mirrored: all local GPUs, multiworker: TF_CONFIG"
+    )
+    group.add_argument("--lr-scaling", choices=LR_SCALINGS, help="learning rate x replicas: linear (default), sqrt, none")
 
 
 def add_cnn_args(parser: argparse.ArgumentParser) -> None:

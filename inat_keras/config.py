@@ -18,6 +18,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 SWITCHES = ("auto", "on", "off")
 WANDB_MODES = ("auto", "offline", "online", "off")
+DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
+LR_SCALINGS = ("linear", "sqrt", "none")
 
 
 @dataclass
@@ -104,6 +106,9 @@ class TrainConfig:
     early_stopping: int | None = None
     mixed_precision: str = "auto"
     jit_compile: str = "auto"
+    # --batch-size is per replica; see inat_keras.distribute for the scaling of the learning rate.
+    distribute: str = "none"
+    lr_scaling: str = "linear"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -116,6 +121,10 @@ class TrainConfig:
             raise UserError(f"--lr-schedule {self.lr_schedule}: choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
+        if self.distribute not in DISTRIBUTE_MODES:
+            raise UserError(f"--distribute {self.distribute}: choose one of {', '.join(DISTRIBUTE_MODES)}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise UserError(f"--lr-scaling {self.lr_scaling}: choose one of {', '.join(LR_SCALINGS)}")
 
 
 @dataclass

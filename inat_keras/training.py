@@ -16,12 +16,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import data as data_lib
 from .config import CNNConfig, RunConfig
+from .distribute import (
+    adapt_model_to_multiworker,
+    config_for_worker,
+    describe_scaling,
+    distribution_report,
+    make_distribution,
+    scaled_learning_rate,
+    shard_by_data,
+)
 from .errors import UserError
 from .io import atomic_write, read_json, write_csv, write_json, write_text
 
@@ -216,11 +225,14 @@ class EpochCheckpoint(_keras_callback_base()):
             self.save_epoch(epoch, logs)
 
     def save_epoch(self, epoch: int, logs=None) -> None:
+        import keras
+
         logs = {key: float(value) for key, value in (logs or {}).items()}
         seconds = time.perf_counter() - self._epoch_start
         row = {"epoch": epoch + 1, **logs, "seconds": seconds}
         if "learning_rate" not in row:
-            row["learning_rate"] = float(self.model.optimizer.learning_rate)
+            # convert_to_numpy: under a multi-worker strategy this is a MirroredVariable, which float() refuses.
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         state = self.state
         state["history"].append(row)
         state["train_seconds"] += seconds
@@ -343,8 +355,11 @@ def train_run(
     """Train (or continue) the run ``config`` describes and evaluate it once on the test set."""
     import keras
 
-    run_dir = run_dir_of(config)
     config.train.validate()
+    configure_devices()  # first: memory growth and MultiWorkerMirroredStrategy precede any TensorFlow operation
+    distribution = make_distribution(config.train.distribute)
+    config = config_for_worker(config, distribution, resume=resume)  # only the chief writes the run directory
+    run_dir = run_dir_of(config)
     resolve_data_dir(config)
     from .datacheck import check_before_training, record_in_run, usable_split
 
@@ -370,21 +385,29 @@ def train_run(
         write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
         data_lib.save_split(split, run_dir)
 
-    configure_devices()
     keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
     policy = set_precision(config.train.mixed_precision)
+    # --batch-size is per replica: one step takes a global batch from the pipeline.
+    global_data = replace(config.data, batch_size=distribution.global_batch_size(config.data.batch_size))
     datasets = {
-        "train": data_lib.make_dataset(split.train, config.data, num_classes, training=True, cache_name="train"),
-        "validation": data_lib.make_dataset(split.validation, config.data, num_classes, training=False, cache_name="val"),
+        "train": data_lib.make_dataset(split.train, global_data, num_classes, training=True, cache_name="train"),
+        "validation": data_lib.make_dataset(split.validation, global_data, num_classes, training=False, cache_name="val"),
     }
-    steps_per_epoch = math.ceil(len(split.train) / config.data.batch_size)
+    datasets = {name: shard_by_data(dataset, distribution) for name, dataset in datasets.items()}
+    steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
+    learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
+    scaling = distribution_report(distribution, config, learning_rate)
+    if distribution.mode != "none":
+        log(f"distribution {distribution.describe()}; {describe_scaling(scaling)}")
 
-    if state["checkpoint"]:
-        model = keras.models.load_model(run_dir / "checkpoint" / state["checkpoint"])
-        log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
-    else:
-        model = build_model(config, num_classes)
-        compile_model(model, config, steps_per_epoch)
+    with distribution.scope():  # variables created here are mirrored on every replica
+        if state["checkpoint"]:
+            model = keras.models.load_model(run_dir / "checkpoint" / state["checkpoint"])
+            log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
+        else:
+            model = build_model(config, num_classes)
+            compile_model(model, config, steps_per_epoch, learning_rate)
+    adapt_model_to_multiworker(model, distribution)
     counts = model_counts(config, model, num_classes)
     log(
         f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
@@ -441,7 +464,7 @@ def train_run(
             )
         )
 
-    metrics = evaluate_best(run_dir, split, config, num_classes, state, counts)
+    metrics = {**evaluate_best(run_dir, split, config, num_classes, state, counts), "distribution": scaling}
     with failed_writes_as_user_errors(run_dir):
         write_json(run_dir / METRICS_FILE, metrics)
         state["finished"] = True

@@ -194,14 +194,17 @@ def make_augmentation(seed: int | None = None):
     """
     import keras
 
+    # float32 whatever the mixed-precision policy: float16 arithmetic on a CPU is emulated (slower) and
+    # rounds 0-255 pixel values.
+    f32 = {"seed": seed, "dtype": "float32"}
     return keras.Sequential(
         [
-            keras.layers.RandomZoom(height_factor=(-0.4, 0.0), fill_mode="reflect", seed=seed),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.04, fill_mode="reflect", seed=seed),
+            keras.layers.RandomZoom(height_factor=(-0.4, 0.0), fill_mode="reflect", **f32),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", **f32),
+            keras.layers.RandomFlip("horizontal", **f32),
+            keras.layers.RandomRotation(0.04, fill_mode="reflect", **f32),
             keras.layers.RandomColorJitter(
-                value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2, saturation_factor=0.2, seed=seed
+                value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2, saturation_factor=0.2, **f32
             ),
         ],
         name="augmentation",

@@ -1,0 +1,155 @@
+"""Training images per second: the real input pipeline against tensors already in memory.
+
+For each model at its native input size (scratch CNN 224, ResNet50 224, Xception 299,
+EfficientNetV2-S 384; ``weights=None``, nothing is downloaded), two feeds of the same batches:
+
+- pipeline: ``inat_keras.data.make_dataset`` over a generated folder of 500-800 px JPEGs
+  (shuffle, cached uint8, float32, [augmentation], prefetch), after one pass that fills the cache,
+  so this is the cost of every epoch after the first;
+- memory: one batch held as a tensor and repeated (``Dataset.from_tensors(...).repeat()``), so only
+  the model and the host-to-device copy remain.
+
+The pipeline's cost is ``1 - pipeline / memory``; the target is under 10 %. The first ``--warmup``
+steps (tracing, XLA compilation) are not timed.
+
+    python bench/train_step.py --models scratch --batch-size 8 --steps 10
+    python bench/train_step.py --models scratch resnet50 xception efficientnetv2s --mixed-precision --jit-compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pipeline import write_folder  # noqa: E402  (bench/pipeline.py, beside this file)
+
+NATIVE_SIZES = {"scratch": 224, "resnet50": 224, "xception": 299, "efficientnetv2s": 384}
+NUM_CLASSES = 10
+
+
+def build(name: str, size: int):
+    """The model, float32 softmax output whatever the precision policy (as in training)."""
+    import keras
+
+    if name == "scratch":
+        from inat_keras.config import CNNConfig
+        from inat_keras.models import build_cnn
+
+        return build_cnn(CNNConfig(num_classes=NUM_CLASSES, input_size=size))
+    backbones = {
+        "resnet50": keras.applications.ResNet50,
+        "xception": keras.applications.Xception,
+        "efficientnetv2s": keras.applications.EfficientNetV2S,
+    }
+    inputs = keras.Input((size, size, 3))
+    features = backbones[name](include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")(inputs)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(features)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def pipeline_feed(folder: Path, size: int, batch_size: int, augment: bool):
+    """The training pipeline, repeated, with its cache filled by one full pass."""
+    from inat_keras.config import DataConfig
+    from inat_keras.data import LabelledFiles, list_class_images, make_dataset
+
+    paths, labels = [], []
+    for label, files in enumerate(list_class_images(folder).values()):
+        paths += files
+        labels += [label % NUM_CLASSES] * len(files)
+    config = DataConfig(image_size=size, batch_size=batch_size, augment=augment, cache="memory")
+    dataset = make_dataset(LabelledFiles(paths, labels), config, NUM_CLASSES, training=True)
+    for _ in dataset:  # fill the cache: the first epoch's decoding is bench/pipeline.py's subject
+        pass
+    return dataset.repeat()
+
+
+def memory_feed(size: int, batch_size: int):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, size, size, 3)).astype("float32")
+    labels = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, batch_size)]
+    return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+
+def images_per_second(model, dataset, *, steps: int, warmup: int, batch_size: int) -> float:
+    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
+    start = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    import keras
+
+    size = args.image_size or NATIVE_SIZES[name]
+    feeds = {"pipeline": pipeline_feed(folder, size, args.batch_size, args.augment), "memory": memory_feed(size, args.batch_size)}
+    rates = {}
+    for feed, dataset in feeds.items():
+        keras.utils.clear_session()  # it also resets the precision policy, so set it after
+        keras.mixed_precision.set_global_policy("mixed_float16" if args.mixed_precision else "float32")
+        model = build(name, size)
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=args.jit_compile,
+        )
+        rates[feed] = images_per_second(model, dataset, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size)
+    rates["cost_pct"] = 100.0 * (1.0 - rates["pipeline"] / rates["memory"])
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(NATIVE_SIZES), default=["scratch", "resnet50", "xception"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps per model and feed")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (tracing, XLA compilation)")
+    parser.add_argument("--images", type=int, default=256, help="generated JPEGs behind the pipeline feed")
+    parser.add_argument("--augment", action="store_true", help="include the random augmentation in the pipeline")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (loss scaling, float32 softmax)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here and reuse them")
+    parser.add_argument("--image-size", type=int, help="one input size for every model instead of its native size")
+    args = parser.parse_args(argv)
+
+    import keras
+    import tensorflow as tf
+
+    from inat_keras.training import configure_devices
+
+    configure_devices()
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [f"CPU ({os.cpu_count()} cores)"]
+    scratch = None if args.folder else Path(tempfile.mkdtemp(prefix="inat-bench-"))
+    folder = write_folder(args.folder or scratch / "images", args.images, NUM_CLASSES)
+    try:
+        results = {name: measure(name, folder, args) for name in args.models}
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    precision = "mixed_float16" if args.mixed_precision else "float32"
+    print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
+          f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}")
+    print(f"{'model':<18}{'size':>6}{'pipeline':>12}{'memory':>12}{'pipeline cost':>15}")
+    for name, rates in results.items():
+        print(f"{name:<18}{args.image_size or NATIVE_SIZES[name]:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%")
+    print(" ".join(
+        f"{name}_pipeline={r['pipeline']:.1f} {name}_memory={r['memory']:.1f} {name}_pipeline_cost_pct={r['cost_pct']:.1f}"
+        for name, r in results.items()
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The speed benchmarks run end to end at toy sizes and end with their summary line; GPU defaults."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+import pipeline  # noqa: E402  (bench/pipeline.py)
+import train_step  # noqa: E402  (bench/train_step.py)
+
+
+def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "jpegs"
+    assert pipeline.main(["--images", "12", "--classes", "3", "--image-size", "32", "--batch-size", "4", "--folder", str(folder)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"pipeline_speedup_first_epoch=\d+\.\d\d pipeline_speedup_later_epochs=\d+\.\d\d", last), last
+    sides = [max(Image.open(path).size) for path in folder.glob("*/*.jpg")]
+    assert len(sides) == 12 and min(sides) >= 500 and max(sides) <= 800
+
+
+def test_the_train_step_benchmark_reports_both_feeds_and_the_pipeline_cost(tmp_path: Path, capsys) -> None:
+    args = ["--models", "scratch", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+            "--images", "8", "--folder", str(tmp_path / "jpegs")]
+    assert train_step.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"scratch_pipeline=[\d.]+ scratch_memory=[\d.]+ scratch_pipeline_cost_pct=-?[\d.]+", last), last
+
+
+def test_augmentation_stays_float32_under_mixed_precision() -> None:
+    import keras
+    import numpy as np
+
+    from inat_keras.data import make_augmentation
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        augmented = make_augmentation(seed=0)(np.full((2, 16, 16, 3), 200.0, "float32"), training=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert augmented.dtype == "float32"

@@ -1,0 +1,188 @@
+"""Export a trained model for serving, and check the export gives the same answers.
+
+``python -m inat_keras export runs/<name> --format savedmodel|tflite|onnx`` writes
+``runs/<name>/export/`` (``savedmodel/``, ``model.tflite``, ``model.onnx``). Each export is
+reloaded with its own runtime (TensorFlow, the TFLite interpreter, ONNX Runtime) and run on a
+batch of images; the largest difference from the Keras model's probabilities is reported and
+kept in ``export.json``. All exports take raw 0-255 RGB float32 images, like the Keras model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .io import read_csv, read_json, write_json
+from .runs import TrainedModel, add_model_args, default_output_dir, image_batches, load_trained
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+FILE_NAMES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "onnx": "model.onnx"}
+# float32 everywhere; TFLite and ONNX Runtime fuse and reorder operations, hence not exactly 0.
+TOLERANCE = 1e-4
+CHECK_IMAGES = 8
+
+
+def export_savedmodel(model, path: Path) -> None:
+    model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def export_tflite(model, path: Path) -> None:
+    model.export(str(path), format="litert", verbose=False)
+
+
+def export_onnx(model, path: Path) -> None:
+    try:
+        import onnxruntime  # noqa: F401  (checked here: Keras would only fail after the conversion)
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise UserError("ONNX export needs tf2onnx and onnxruntime: pip install -r requirements.txt") from None
+    # Keras's ONNX exporter refuses a model never called since loading ("has never called").
+    model(np.zeros((1, *model.input_shape[1:]), dtype=np.float32), training=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf2onnx's numpy-2 deprecation chatter
+        model.export(str(path), format="onnx", verbose=False)
+
+
+def run_savedmodel(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    return lambda images: np.asarray(loaded.serve(images))
+
+
+def run_tflite(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # TensorFlow's own interpreter: deprecated in favour of ai_edge_litert, same API
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = Interpreter(model_path=str(path))
+        source = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(source["index"], images.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], images)
+        interpreter.invoke()
+        return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+    return predict
+
+
+def run_onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: np.asarray(session.run(None, {name: images})[0])
+
+
+EXPORTERS = {"savedmodel": export_savedmodel, "tflite": export_tflite, "onnx": export_onnx}
+RUNNERS = {"savedmodel": run_savedmodel, "tflite": run_tflite, "onnx": run_onnx}
+
+
+def check_images(trained: TrainedModel, count: int = CHECK_IMAGES) -> np.ndarray:
+    """Test images of the run when there are some, else seeded random pixels: float32, 0-255."""
+    size = trained.image_size
+    if trained.run_dir is not None and (trained.run_dir / "split.csv").is_file():
+        paths = [row["path"] for row in read_csv(trained.run_dir / "split.csv") if row["subset"] == "test"][:count]
+        decoded = [batch.images for batch in image_batches(paths, size, count)]
+        images = np.concatenate(decoded) if decoded else np.zeros((0, size, size, 3), np.uint8)
+        if len(images):
+            return images.astype(np.float32)
+    return np.random.default_rng(0).uniform(0, 255, (count, size, size, 3)).astype(np.float32)
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def replace_existing(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Export, reload, compare on a batch of images; raise if the export disagrees beyond ``tolerance``."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / FILE_NAMES[fmt]
+    # Written beside the target and renamed, so a failed export never leaves half an artifact.
+    staging = out_dir / f".partial-{path.name}"  # keeps the suffix Keras checks
+    replace_existing(staging)
+    EXPORTERS[fmt](trained.model, staging)
+    replace_existing(path)
+    os.replace(staging, path)
+
+    images = check_images(trained)
+    expected = np.asarray(trained.model.predict_on_batch(images), dtype=np.float32)
+    actual = RUNNERS[fmt](path)(images)
+    difference = float(np.abs(actual - expected).max())
+    result = {
+        "format": fmt,
+        "path": str(path),
+        "bytes": size_of(path),
+        "max_abs_difference": difference,
+        "checked_images": int(len(images)),
+        "same_top1": bool((actual.argmax(axis=1) == expected.argmax(axis=1)).all()),
+        "class_names": trained.class_names,
+        "input": f"float32 [batch, {trained.image_size}, {trained.image_size}, 3], raw 0-255 RGB",
+    }
+    record_export(out_dir, result)
+    if difference > tolerance:
+        raise UserError(
+            f"{path}: the {fmt} export differs from the Keras model by {difference:.2e} (more than {tolerance:g}) "
+            "on the check images; do not use it"
+        )
+    return result
+
+
+def record_export(out_dir: Path, result: dict[str, Any]) -> None:
+    """``export.json``: one entry per format, the latest check of each."""
+    record = out_dir / "export.json"
+    exports = read_json(record) if record.is_file() else {}
+    exports[result["format"]] = result
+    write_json(record, exports)
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inat_keras export", description="Export a trained model and check the export.")
+    add_model_args(parser)
+    parser.add_argument("--format", choices=FORMATS, action="append", required=True, help="savedmodel, tflite or onnx (repeatable)")
+    parser.add_argument("--out", help="output folder (default: <run>/export)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest accepted probability difference (default {TOLERANCE:g})")
+    args = parser.parse_args(argv)
+    trained = load_trained(args.model, args.classes)
+    out_dir = default_output_dir(trained, args.out, "export")
+    for fmt in dict.fromkeys(args.format):
+        result = export_model(trained, fmt, out_dir, tolerance=args.tolerance)
+        print(
+            f"{fmt}: {result['path']} ({human_size(result['bytes'])}); max difference from Keras "
+            f"{result['max_abs_difference']:.2e} on {result['checked_images']} images"
+        )
+    return 0

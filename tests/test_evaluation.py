@@ -1,0 +1,144 @@
+"""evaluate: metrics, confusion matrix, the 10x3 prediction grid, mistakes and TTA on tiny trained models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inat_keras.errors import UserError
+from inat_keras.io import read_csv, read_json
+from trained_runs import TEST_PER_CLASS, split_test_images, tiny_scratch_run, tiny_transfer_run
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory) -> Path:
+    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
+
+
+@pytest.fixture(scope="module")
+def evaluated(scratch_run: Path):
+    from inat_keras.evaluation import evaluate
+    from inat_keras.runs import load_trained
+
+    trained = load_trained(scratch_run)
+    metrics = evaluate(trained, scratch_run / "eval", tta=True)
+    return trained, metrics, scratch_run / "eval"
+
+
+def direct_probabilities(model, paths: list[str], *, flip: bool = False) -> np.ndarray:
+    from inat_keras.data import load_image
+
+    images = np.stack([load_image(p, int(model.input_shape[1])) for p in paths]).astype(np.float32)
+    return np.asarray(model(images[:, :, ::-1] if flip else images, training=False), dtype=np.float64)
+
+
+def test_metrics_agree_with_a_direct_computation(evaluated, scratch_run):
+    trained, metrics, _ = evaluated
+    paths, labels = split_test_images(scratch_run)
+    truth = np.array([trained.class_names.index(name) for name in labels])
+    probabilities = direct_probabilities(trained.model, paths)
+    predicted = probabilities.argmax(axis=1)
+    top3 = np.argsort(-probabilities, axis=1)[:, :3]
+    matrix = np.zeros((10, 10), dtype=int)
+    np.add.at(matrix, (truth, predicted), 1)
+
+    assert metrics["num_images"] == 30
+    assert metrics["accuracy"] == pytest.approx((predicted == truth).mean())
+    assert metrics["top3_accuracy"] == pytest.approx((top3 == truth[:, None]).any(axis=1).mean())
+    assert metrics["loss"] == pytest.approx(-np.log(probabilities[np.arange(30), truth]).mean(), rel=1e-4)
+    assert metrics["confusion_matrix"] == matrix.tolist()
+    first = trained.class_names[0]
+    recall = matrix[0, 0] / matrix[0].sum()
+    assert metrics["per_class"][first]["recall"] == pytest.approx(recall)
+    assert metrics["per_class"][first]["support"] == TEST_PER_CLASS
+    assert set(metrics["macro_avg"]) == {"precision", "recall", "f1", "support"}
+    assert read_json(evaluated[2] / "metrics.json")["confusion_matrix"] == matrix.tolist()
+
+
+def test_tta_averages_the_image_and_its_mirror_beside_the_plain_figures(evaluated, scratch_run):
+    trained, metrics, _ = evaluated
+    paths, labels = split_test_images(scratch_run)
+    truth = np.array([trained.class_names.index(name) for name in labels])
+    averaged = (direct_probabilities(trained.model, paths) + direct_probabilities(trained.model, paths, flip=True)) / 2
+
+    assert metrics["tta"]["accuracy"] == pytest.approx((averaged.argmax(axis=1) == truth).mean())
+    assert metrics["tta"]["loss"] == pytest.approx(-np.log(averaged[np.arange(30), truth]).mean(), rel=1e-4)
+    assert "accuracy" in metrics and metrics["tta"]["loss"] != metrics["loss"]
+
+
+def test_pictures_are_valid_pngs_of_readable_size(evaluated):
+    out = evaluated[2]
+    for name, min_width, min_height in (("confusion_matrix.png", 1000, 500), ("prediction_grid.png", 900, 3000)):
+        with Image.open(out / name) as picture:
+            picture.verify()
+        with Image.open(out / name) as picture:
+            assert picture.format == "PNG"
+            assert picture.width >= min_width and picture.height >= min_height, name
+            assert np.asarray(picture.convert("L")).std() > 10, f"{name} is blank"
+
+
+def test_prediction_grid_holds_three_images_of_each_of_the_ten_classes_with_true_labels(evaluated):
+    trained, _, out = evaluated
+    rows = read_csv(out / "prediction_grid.csv")
+    assert len(rows) == 30
+    for row in rows:
+        assert row["true_class"] == trained.class_names[int(row["row"])]
+        assert Path(row["path"]).parent.name == row["true_class"]
+    probabilities = direct_probabilities(trained.model, [row["path"] for row in rows])
+    assert [row["predicted_class"] for row in rows] == [trained.class_names[i] for i in probabilities.argmax(axis=1)]
+    assert [float(row["confidence"]) for row in rows] == pytest.approx(probabilities.max(axis=1), abs=1e-5)
+
+
+def test_mistakes_list_every_wrong_prediction_most_confident_first(evaluated):
+    _, metrics, out = evaluated
+    rows = read_csv(out / "mistakes.csv")
+    assert len(rows) == round(30 * (1 - metrics["accuracy"]))
+    assert all(row["true_class"] != row["predicted_class"] for row in rows)
+    confidences = [float(row["confidence"]) for row in rows]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_a_data_folder_is_labelled_by_class_name_not_by_folder_order(scratch_run, tmp_path):
+    import shutil
+
+    from inat_keras.evaluation import evaluate
+    from inat_keras.runs import load_trained
+
+    trained = load_trained(scratch_run)
+    paths, labels = split_test_images(scratch_run)
+    # Only two classes, so sorted folder order (0, 1) differs from the model's indices.
+    for path, label in zip(paths, labels):
+        if label in ("class_c", "class_j"):
+            (tmp_path / "val" / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, tmp_path / "val" / label)
+    metrics = evaluate(trained, tmp_path / "eval", data=str(tmp_path))
+
+    assert metrics["num_images"] == 6
+    supports = {name: values["support"] for name, values in metrics["per_class"].items()}
+    assert supports["class_c"] == 3 and supports["class_j"] == 3 and supports["class_a"] == 0
+
+    (tmp_path / "val" / "not_a_class").mkdir()
+    with pytest.raises(UserError, match="not_a_class"):
+        evaluate(trained, tmp_path / "eval", data=str(tmp_path))
+
+
+def test_evaluate_works_on_a_mobilenetv2_transfer_model(tmp_path_factory, scratch_run):
+    from inat_keras.evaluation import evaluate
+    from inat_keras.runs import load_trained
+
+    run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
+    metrics = evaluate(load_trained(run), run / "eval")
+    assert metrics["num_images"] == 30
+    assert sum(map(sum, metrics["confusion_matrix"])) == 30
+    assert (run / "eval" / "prediction_grid.png").stat().st_size > 10_000
+
+
+def test_the_cli_reports_a_missing_run_in_one_line_with_status_2(tmp_path, capsys):
+    from inat_keras.__main__ import main
+
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "nope" in error and error.count("\n") == 1

@@ -1,0 +1,135 @@
+"""explain: filters, feature maps, guided backpropagation and Grad-CAM, scratch and MobileNetV2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inat_keras.io import read_json
+from trained_runs import tiny_scratch_run, tiny_transfer_run
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory) -> Path:
+    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
+
+
+@pytest.fixture(scope="module")
+def scratch_explained(scratch_run: Path) -> Path:
+    from inat_keras.__main__ import main
+
+    assert main(["explain", str(scratch_run)]) == 0
+    return scratch_run / "explain"
+
+
+def png_pixels(path: Path, min_width: int, min_height: int) -> np.ndarray:
+    with Image.open(path) as picture:
+        picture.verify()
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+        assert picture.width >= min_width and picture.height >= min_height, (path.name, picture.size)
+        return np.asarray(picture.convert("L"))
+
+
+def test_every_picture_is_a_non_blank_png_of_readable_size(scratch_explained):
+    names = ["filters.png", "guided_backprop.png", "gradcam.png"] + [f"feature_maps_conv{i}.png" for i in range(1, 6)]
+    assert sorted(p.name for p in scratch_explained.glob("*.png")) == sorted(names)
+    for name in names:
+        assert png_pixels(scratch_explained / name, 400, 250).std() > 10, name
+
+
+def test_filters_and_feature_maps_come_from_the_conv_blocks(scratch_explained):
+    summary = read_json(scratch_explained / "explain.json")
+    assert summary["filters"] == {"layer": "conv1", "shape": [3, 3, 3, 4]}
+    assert [m["layer"] for m in summary["feature_maps"]] == [f"conv{i}" for i in range(1, 6)]
+    assert [m["shown"] for m in summary["feature_maps"]] == [f"act{i}" for i in range(1, 6)]
+    assert summary["feature_maps"][4]["shape"] == [2, 2, 64]
+    assert all(m["std"] > 0 for m in summary["feature_maps"])
+
+
+def test_grids_are_eight_by_eight_for_64_and_adapt_otherwise():
+    from inat_keras.explain import grid_shape
+
+    assert grid_shape(64) == (8, 8)
+    assert grid_shape(32) == (6, 6)
+    assert grid_shape(4) == (2, 2)
+    assert grid_shape(3) == (2, 2)
+
+
+def test_guided_backprop_covers_ten_seeded_neurons_of_conv5_with_non_constant_maps(scratch_explained):
+    guided = read_json(scratch_explained / "explain.json")["guided_backprop"]
+    assert guided["layer"] == "conv5"
+    assert len(guided["channels"]) == len(set(guided["channels"])) == 10
+    assert all(0 <= c < 64 for c in guided["channels"])
+    assert all(std > 0 for std in guided["map_std"])
+    assert guided["guided_relu_layers"] == 6  # act1..act5 and dense_act1
+
+
+def test_guided_backprop_differs_from_the_plain_gradient_and_is_reproducible(scratch_run):
+    import keras
+    import tensorflow as tf
+
+    from inat_keras.data import load_image
+    from inat_keras.explain import guided_backprop_maps
+    from inat_keras.runs import load_trained
+
+    model = load_trained(scratch_run).model
+    image = load_image(next((scratch_run.parent.parent / "data" / "val" / "class_b").iterdir()), 32)
+    first = guided_backprop_maps(model, image, "conv5", seed=3, count=2)
+    again = guided_backprop_maps(model, image, "conv5", seed=3, count=2)
+    assert first["channels"] == again["channels"]
+
+    channel, (y, x) = first["channels"][0], first["positions"][0]
+    features = keras.Model(model.inputs, model.get_layer("conv5").output)
+    seed = tf.constant(image[None].astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(seed)
+        neuron = features(seed)[0, y, x, channel]
+    plain = tape.gradient(neuron, seed).numpy()[0]
+    assert not np.allclose(first["maps"][0], plain, atol=1e-6)
+    assert np.abs(first["maps"][0]).max() > 0
+
+
+def test_gradcam_maps_the_predicted_class_and_is_non_constant(scratch_explained):
+    summary = read_json(scratch_explained / "explain.json")
+    assert summary["last_conv_layer"] == "conv5"
+    assert set(summary["gradcam"]) == {"Grad-CAM", "Grad-CAM++"}
+    assert all(values["std"] > 0.01 for values in summary["gradcam"].values())
+
+
+def test_guided_relu_layers_pass_only_positive_gradients_where_relu6_is_open():
+    import keras
+    import tensorflow as tf
+
+    from inat_keras.explain import guided_relu_layers
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.ReLU(max_value=6.0, name="relu6")(inputs))
+    guided_relu_layers()(model)
+    x = tf.constant([[-1.0, 2.0, 3.0, 7.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        score = tf.reduce_sum(model(x) * tf.constant([[1.0, 1.0, -1.0, 1.0]]))
+    # Closed below 0 and above 6; a negative upstream gradient is dropped.
+    assert tape.gradient(score, x).numpy().tolist() == [[0.0, 1.0, 0.0, 0.0]]
+
+
+def test_mobilenetv2_gradcam_and_guided_backprop_use_the_registry_last_conv_layer(tmp_path_factory, scratch_run):
+    from inat_keras.explain import explain
+    from inat_keras.runs import load_trained
+    from inat_keras.transfer import get_backbone
+
+    run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
+    summary = explain(load_trained(run), run / "explain")
+    layer = get_backbone("mobilenetv2").last_conv_layer
+    assert summary["last_conv_layer"] == layer
+    assert summary["guided_backprop"]["layer"] == layer
+    assert summary["guided_backprop"]["guided_relu_layers"] > 30  # MobileNetV2's ReLU6 layers
+    assert all(std > 0 for std in summary["guided_backprop"]["map_std"])
+    assert all(values["std"] > 0 for values in summary["gradcam"].values())
+    assert len(summary["feature_maps"]) == 5
+    for name in ("filters.png", "gradcam.png", "guided_backprop.png"):
+        assert png_pixels(run / "explain" / name, 400, 250).std() > 10

@@ -1,0 +1,108 @@
+"""predict: top-k for files, folders (recursively) and bad files, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inat_keras.errors import UserError
+from trained_runs import split_test_images, tiny_scratch_run
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory) -> Path:
+    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
+
+
+@pytest.fixture
+def mixed_inputs(scratch_run: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """Two good images (one in a nested folder), a text file named .jpg, a zero-byte .png, a missing path."""
+    paths, _ = split_test_images(scratch_run)
+    photos = tmp_path / "photos"
+    (photos / "deeper").mkdir(parents=True)
+    good = [shutil.copy(paths[0], photos / "first.jpg"), shutil.copy(paths[5], photos / "deeper" / "second.jpg")]
+    (photos / "page.jpg").write_text("<html>not found</html>")
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "notes.txt").write_text("ignored: not an image name")
+    return {"inputs": [str(photos), str(tmp_path / "missing.jpg")], "good": sorted(map(str, good)),
+            "bad": [str(photos / "page.jpg"), str(photos / "empty.png"), str(tmp_path / "missing.jpg")]}
+
+
+def direct_top(scratch_run: Path, path: str) -> list[tuple[str, float]]:
+    from inat_keras.data import load_image
+    from inat_keras.runs import load_trained
+
+    trained = load_trained(scratch_run)
+    probabilities = np.asarray(trained.model(load_image(path, 32)[None].astype(np.float32), training=False))[0]
+    order = np.argsort(-probabilities)
+    return [(trained.class_names[i], float(probabilities[i])) for i in order]
+
+
+def test_json_gives_top_k_of_good_files_and_one_error_line_per_bad_file(scratch_run, mixed_inputs, capsys):
+    from inat_keras.__main__ import main
+
+    status = main(["predict", str(scratch_run), *mixed_inputs["inputs"], "--top-k", "2", "--json"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+
+    assert status == 1
+    assert sorted(result["path"] for result in report["results"]) == mixed_inputs["good"]
+    for result in report["results"]:
+        expected = direct_top(scratch_run, result["path"])[:2]
+        assert [p["class"] for p in result["predictions"]] == [name for name, _ in expected]
+        assert [p["probability"] for p in result["predictions"]] == pytest.approx([p for _, p in expected], abs=1e-5)
+    error_lines = captured.err.strip().splitlines()
+    assert len(error_lines) == 3
+    for bad in mixed_inputs["bad"]:
+        assert sum(line.startswith(f"error: {bad}:") for line in error_lines) == 1
+    assert sorted(e["path"] for e in report["errors"]) == sorted(mixed_inputs["bad"])
+
+
+def test_the_table_lists_each_image_with_its_top_three(scratch_run, mixed_inputs, capsys):
+    from inat_keras.__main__ import main
+
+    good = mixed_inputs["good"]
+    assert main(["predict", str(scratch_run), *good]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["image", "top", "1", "top", "2", "top", "3"]
+    first_class, first_probability = direct_top(scratch_run, good[0])[0]
+    assert lines[1].startswith(good[0]) and f"{first_class} ({first_probability:.1%})" in lines[1]
+    assert len(lines) == 3
+
+
+def test_csv_has_one_row_per_image_and_rank(scratch_run, mixed_inputs, capsys):
+    from inat_keras.__main__ import main
+
+    assert main(["predict", str(scratch_run), *mixed_inputs["good"], "--csv", "--top-k", "4"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 8
+    assert [int(row["rank"]) for row in rows[:4]] == [1, 2, 3, 4]
+    probabilities = [float(row["probability"]) for row in rows[:4]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_a_bare_keras_file_needs_class_names_and_uses_the_given_ones(scratch_run, mixed_inputs, tmp_path):
+    from inat_keras.prediction import predict_paths
+    from inat_keras.runs import load_trained, parse_classes
+
+    bare = tmp_path / "elsewhere" / "model.keras"
+    bare.parent.mkdir()
+    shutil.copy(scratch_run / "best.keras", bare)
+    with pytest.raises(UserError, match="--classes"):
+        load_trained(bare)
+    with pytest.raises(UserError, match="10 outputs but 3 class names"):
+        load_trained(bare, ["x", "y", "z"])
+
+    names = [f"species {i}" for i in range(10)]
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+
+    report = predict_paths(load_trained(bare, parse_classes(str(tmp_path / "classes.txt"))), mixed_inputs["good"], k=1)
+    run_names = load_trained(scratch_run).class_names
+    expected_index = run_names.index(direct_top(scratch_run, mixed_inputs["good"][0])[0][0])
+    assert report.results[0]["predictions"][0]["class"] == names[expected_index]

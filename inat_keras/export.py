@@ -91,6 +91,26 @@ EXPORTERS = {"savedmodel": export_savedmodel, "tflite": export_tflite, "onnx": e
 RUNNERS = {"savedmodel": run_savedmodel, "tflite": run_tflite, "onnx": run_onnx}
 
 
+def float32_model(model):
+    """The model computing in float32 (same weights).
+
+    A run trained on a GPU computes in mixed float16; TFLite's built-in interpreter cannot run
+    its float16 ops (they become "Flex" TensorFlow ops), and serving runtimes expect float32.
+    The variables are float32 either way, so the weights copy unchanged.
+    """
+    import keras
+
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def as_float32(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=as_float32)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def check_images(trained: TrainedModel, count: int = CHECK_IMAGES) -> np.ndarray:
     """Test images of the run when there are some, else seeded random pixels: float32, 0-255."""
     size = trained.image_size
@@ -127,12 +147,13 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
     # Written beside the target and renamed, so a failed export never leaves half an artifact.
     staging = out_dir / f".partial-{path.name}"  # keeps the suffix Keras checks
     replace_existing(staging)
-    EXPORTERS[fmt](trained.model, staging)
+    model = float32_model(trained.model)
+    EXPORTERS[fmt](model, staging)
     replace_existing(path)
     os.replace(staging, path)
 
     images = check_images(trained)
-    expected = np.asarray(trained.model.predict_on_batch(images), dtype=np.float32)
+    expected = np.asarray(model(images, training=False), dtype=np.float32)
     actual = RUNNERS[fmt](path)(images)
     difference = float(np.abs(actual - expected).max())
     result = {
@@ -145,6 +166,9 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
         "class_names": trained.class_names,
         "input": f"float32 [batch, {trained.image_size}, {trained.image_size}, 3], raw 0-255 RGB",
     }
+    if model is not trained.model:
+        trained_outputs = np.asarray(trained.model(images, training=False), dtype=np.float32)
+        result["float32_vs_mixed_precision_difference"] = float(np.abs(expected - trained_outputs).max())
     record_export(out_dir, result)
     if difference > tolerance:
         raise UserError(

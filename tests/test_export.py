@@ -92,3 +92,23 @@ def test_an_export_that_disagrees_beyond_the_tolerance_is_refused(scratch_run, t
     with pytest.raises(UserError, match="differs from the Keras model by 1.00e-02"):
         export.export_model(load_trained(scratch_run), "savedmodel", tmp_path)
     assert read_json(tmp_path / "export.json")["savedmodel"]["max_abs_difference"] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_a_mixed_precision_model_is_exported_in_float32_so_tflite_can_run_it(tmp_path):
+    import keras
+
+    from inat_keras.export import export_model
+    from inat_keras.models import build_cnn
+    from inat_keras.runs import load_trained
+
+    # What a GPU run saves; its float16 ops would need TFLite's Flex delegate.
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_cnn(num_classes=3, input_size=32, num_blocks=2, first_filters=4, dense_units=[8])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(tmp_path / "mixed.keras")
+
+    result = export_model(load_trained(tmp_path / "mixed.keras", ["a", "b", "c"]), "tflite", tmp_path / "export")
+    assert result["max_abs_difference"] < 1e-4
+    assert 0 < result["float32_vs_mixed_precision_difference"] < 1e-2

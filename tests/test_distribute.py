@@ -145,5 +145,9 @@ def test_mirrored_training_on_one_device_records_its_scaling(tiny_dataset: Path,
     config.model = {"num_blocks": 3, "first_filters": 8, "dense_units": [16]}
     config.train.epochs, config.train.distribute, config.tracking.wandb = 1, "mirrored", "off"
     result = train_run(config, verbose=0, log=lambda line: None)
+    import tensorflow as tf
+
+    replicas = max(1, len(tf.config.list_logical_devices("GPU")))  # MirroredStrategy takes every local GPU
     scaling = json.loads((result.run_dir / "metrics.json").read_text())["distribution"]
-    assert scaling["mode"] == "mirrored" and scaling["num_replicas"] == 1 and scaling["global_batch_size"] == 4
+    assert scaling["mode"] == "mirrored" and scaling["num_replicas"] == replicas
+    assert scaling["global_batch_size"] == 4 * replicas

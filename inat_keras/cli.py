@@ -198,17 +198,25 @@ def train_scratch_main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         config = load_resume_config(args)
     else:
-        if not args.data and not args.demo:
-            raise UserError(f"no dataset given: pass --data DIR, or --demo for the embedded digits; {REAL_DATA_HINT}")
-        if args.demo and not args.data:
-            print("Demo: training on scikit-learn's 1,797 handwritten digits, written as PNG files (not iNaturalist).")
+        require_data(args, "training")
         model = pick(args, CNNConfig, SCRATCH_DEMO_DEFAULTS if args.demo else {})
         model.pop("num_classes", None)
         model.pop("input_size", None)
         config = run_config_from_args(args, kind="scratch", model=model, demo_defaults=SCRATCH_DEMO_DEFAULTS)
+    return train_and_report(config, args, script="train_scratch.py")
 
+
+def require_data(args: argparse.Namespace, doing: str) -> None:
+    """Refuse a new run without data; say so when the demo data stands in for iNaturalist."""
+    if not args.data and not args.demo:
+        raise UserError(f"no dataset given: pass --data DIR, or --demo for the embedded digits; {REAL_DATA_HINT}")
+    if args.demo and not args.data:
+        print(f"Demo: {doing} on scikit-learn's 1,797 handwritten digits, written as PNG files (not iNaturalist).")
+
+
+def train_and_report(config: RunConfig, args: argparse.Namespace, *, script: str) -> int:
     from .training import train_run
 
     result = train_run(config, resume=bool(args.resume), verbose=0 if args.quiet else "auto")
-    report(result, config, resume_command="train_scratch.py")
+    report(result, config, resume_command=script)
     return 0

@@ -176,3 +176,25 @@ def from_dict(cls: type[T], raw: dict[str, Any]) -> T:
     if unknown:
         raise UserError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)}: known are {', '.join(sorted(names))}")
     return cls(**raw)
+
+
+@dataclass
+class TransferConfig:
+    """A fine-tuned ImageNet backbone with a new head (``RunConfig.model`` of a ``transfer`` run)."""
+
+    backbone: str = "efficientnetv2s"
+    # "imagenet", None, or a path to a local no-top weights file.
+    weights: str | None = "imagenet"
+    # Backbone layers trained, counted from its output: 0 (head only), K, or "all".
+    unfreeze: int | str = "all"
+    # The keras-io recipe: head alone first, then unfreeze; ignored when nothing is unfrozen.
+    two_phase: bool = True
+    head_epochs: int = 2
+    # Whenever backbone layers train, the learning rate is TrainConfig.learning_rate times this.
+    finetune_lr_factor: float = 0.05
+    dropout: float = 0.2
+    dense_units: list[int] = field(default_factory=list)
+    # Train the head on pooled features computed once, when nothing else would change them.
+    feature_cache: bool = True
+    num_classes: int = 10
+    input_size: int = 224

@@ -175,9 +175,15 @@ def compile_model(model, config: RunConfig, steps_per_epoch: int, learning_rate:
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k=3, name="top3_accuracy")],
+        metrics=training_metrics(),
         jit_compile=resolve_jit(config.train.jit_compile),
     )
+
+
+def training_metrics() -> list:
+    import keras
+
+    return ["accuracy", keras.metrics.TopKCategoricalAccuracy(k=3, name="top3_accuracy")]
 
 
 def resolve_jit(value: str) -> bool | str:
@@ -215,6 +221,8 @@ class EpochCheckpoint(_keras_callback_base()):
         self.patience = patience
         self.title = title
         self._epoch_start = 0.0
+        # The model to save when fit trains only part of it (the head on cached features).
+        self.saved_model = None
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch_start = time.perf_counter()
@@ -243,9 +251,9 @@ class EpochCheckpoint(_keras_callback_base()):
             return
         if val_accuracy > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_accuracy, epoch + 1
-            save_model_atomically(self.model, self.run_dir / BEST_MODEL)
+            save_model_atomically(self.saved_model or self.model, self.run_dir / BEST_MODEL)
         checkpoint = self.run_dir / "checkpoint" / f"epoch-{epoch + 1:03d}.keras"
-        save_model_atomically(self.model, checkpoint)
+        save_model_atomically(self.saved_model or self.model, checkpoint)
         previous = state.get("checkpoint")
         state["epochs_done"] = epoch + 1
         state["checkpoint"] = checkpoint.name
@@ -372,6 +380,10 @@ def train_run(
     num_classes = len(split.class_names)
     if config.kind == "scratch":
         cnn_config(config, num_classes)  # refuse a bad model before any file is written
+    elif config.kind == "transfer":
+        from .transfer import validate_transfer
+
+        validate_transfer(config, num_classes)
     prepare_run_dir(run_dir, resume=resume)
     remove_temporaries(run_dir)
     with failed_writes_as_user_errors(run_dir):
@@ -404,6 +416,10 @@ def train_run(
         if state["checkpoint"]:
             model = keras.models.load_model(run_dir / "checkpoint" / state["checkpoint"])
             log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
+            if config.kind == "transfer":
+                from .transfer import apply_final_trainability
+
+                apply_final_trainability(model, config)  # a phase-1 checkpoint is still frozen
         else:
             model = build_model(config, num_classes)
             compile_model(model, config, steps_per_epoch, learning_rate)
@@ -435,19 +451,27 @@ def train_run(
 
     if state["epochs_done"] < config.train.epochs and not state["stopped"]:
         try:
-            model.fit(
-                datasets["train"],
-                validation_data=datasets["validation"],
-                epochs=config.train.epochs,
-                initial_epoch=state["epochs_done"],
-                shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
-                callbacks=callbacks,
-                verbose=verbose,
-            )
+            if config.kind == "transfer":
+                from .transfer import fit_transfer
+
+                fit_transfer(
+                    model, config, datasets, state, callbacks, steps_per_epoch=steps_per_epoch,
+                    learning_rate=learning_rate, verbose=verbose, log=log,
+                )
+            else:
+                model.fit(
+                    datasets["train"],
+                    validation_data=datasets["validation"],
+                    epochs=config.train.epochs,
+                    initial_epoch=state["epochs_done"],
+                    shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
+                    callbacks=callbacks,
+                    verbose=verbose,
+                )
         except KeyboardInterrupt:
             raise UserError(
                 f"interrupted after epoch {state['epochs_done']}: continue with "
-                f"`python train_scratch.py --resume {run_dir}`"
+                f"`python {'finetune.py' if config.kind == 'transfer' else 'train_scratch.py'} --resume {run_dir}`"
             ) from None
         except Exception as error:
             if is_out_of_memory(error):

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def scaled_learning_rate(base: float, num_replicas: int, rule: str) -> float:
     raise UserError(f"--lr-scaling {rule}: choose one of {', '.join(LR_SCALINGS)}")
 
 
-def read_tf_config(environ: dict[str, str] | os._Environ = os.environ) -> ClusterTask:
+def read_tf_config(environ: Mapping[str, str] = os.environ) -> ClusterTask:
     """Parse ``TF_CONFIG``: the chief is the ``chief`` task if there is one, else worker 0 (as in TensorFlow)."""
     raw = environ.get("TF_CONFIG", "")
     if not raw.strip():
@@ -108,7 +109,7 @@ def read_tf_config(environ: dict[str, str] | os._Environ = os.environ) -> Cluste
     return ClusterTask(task_type, task_index, num_workers, is_chief)
 
 
-def make_distribution(mode: str, environ: dict[str, str] | os._Environ = os.environ) -> Distribution:
+def make_distribution(mode: str, environ: Mapping[str, str] = os.environ) -> Distribution:
     """The strategy for ``mode``. Call it before any other TensorFlow operation (multi-worker needs that)."""
     if mode not in DISTRIBUTE_MODES:
         raise UserError(f"--distribute {mode}: choose one of {', '.join(DISTRIBUTE_MODES)}")

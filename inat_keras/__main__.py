@@ -19,6 +19,8 @@ COMMANDS = {
     "predict": ("inat_keras.prediction:main", "top-k classes of image files and folders"),
     "explain": ("inat_keras.explain:main", "filters, feature maps, guided backpropagation and Grad-CAM of a trained model"),
     "export": ("inat_keras.export:main", "export a trained model to SavedModel, TFLite or ONNX and check it"),
+    "finetune": ("inat_keras.finetune_cli:finetune_main", "fine-tune an ImageNet backbone (same as finetune.py)"),
+    "compare": ("inat_keras.compare:main", "table and bar chart of scratch and fine-tuned runs side by side"),
 }
 
 

@@ -62,7 +62,9 @@ def folder_test_files(root: str | os.PathLike, class_names: Sequence[str]) -> La
     root = Path(root)
     folder = root / "val" if (root / "val").is_dir() else root
     if not folder.is_dir():
-        raise UserError(f"--data {root} is not a directory: give a dataset root with val/<class>/, or a folder of class folders")
+        raise UserError(
+            f"--data {root} is not a directory: give a dataset root with val/<class>/, or a folder of class folders"
+        )
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -182,7 +184,8 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), layout="constrained")
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    for axis, values, fmt, name in ((axes[0], matrix, "d", "counts"), (axes[1], normalised, ".2f", "row-normalised (recall)")):
+    panels = ((axes[0], matrix, "d", "counts"), (axes[1], normalised, ".2f", "row-normalised (recall)"))
+    for axis, values, fmt, name in panels:
         display = ConfusionMatrixDisplay(values, display_labels=list(class_names))
         display.plot(ax=axis, values_format=fmt, cmap="Blues", colorbar=False, xticks_rotation=45)
         axis.set_title(f"Confusion matrix, {name}")
@@ -230,8 +233,10 @@ def plot_prediction_grid(
             for spine in axis.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(5)
-            axis.set_title(f"true: {class_names[true]}\npredicted: {class_names[guess]} ({confidence:.0%})", fontsize=10, color=colour)
-            records.append([row, column, predictions.files.paths[i], class_names[true], class_names[guess], round(confidence, 6)])
+            label = f"true: {class_names[true]}\npredicted: {class_names[guess]} ({confidence:.0%})"
+            axis.set_title(label, fontsize=10, color=colour)
+            image_path = predictions.files.paths[i]
+            records.append([row, column, image_path, class_names[true], class_names[guess], round(confidence, 6)])
     figure.suptitle(title, fontsize=13)
     save_figure(figure, path)
     return records
@@ -277,7 +282,8 @@ def evaluate(
 
 def format_summary(metrics: dict[str, Any], out_dir: Path) -> str:
     lines = [
-        f"test images: {metrics['num_images']}" + (f" ({metrics['num_skipped']} unreadable, skipped)" if metrics["num_skipped"] else ""),
+        f"test images: {metrics['num_images']}"
+        + (f" ({metrics['num_skipped']} unreadable, skipped)" if metrics["num_skipped"] else ""),
         f"accuracy {metrics['accuracy']:.4f}  top-3 {metrics['top3_accuracy']:.4f}  loss {metrics['loss']:.4f}",
     ]
     if "tta" in metrics:
@@ -292,10 +298,18 @@ def format_summary(metrics: dict[str, Any], out_dir: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inat_keras evaluate", description="Evaluate a trained model on test images.")
+    parser = argparse.ArgumentParser(
+        prog="python -m inat_keras evaluate", description="Evaluate a trained model on test images."
+    )
     add_model_args(parser)
-    parser.add_argument("--data", metavar="DIR", help="test images: a dataset root (its val/<class>/) or a folder of class folders (default: the run's test split)")
-    parser.add_argument("--tta", action="store_true", help="also report test-time augmentation (image and its mirror averaged)")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="test images: a dataset root (its val/<class>/) or a folder of class folders (default: the run's test split)",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="also report test-time augmentation (image and its mirror averaged)"
+    )
     parser.add_argument("--out", help="output folder (default: <run>/eval)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="seed of the prediction grid's choice of images")

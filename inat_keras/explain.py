@@ -162,7 +162,8 @@ def guided_backprop_maps(model, image: np.ndarray, layer_name: str, seed: int, c
     from tf_keras_vis.saliency import Saliency
     from tf_keras_vis.utils.model_modifiers import ExtractIntermediateLayer, GuidedBackpropagation
 
-    features = np.asarray(keras.Model(model.input, model.get_layer(layer_name).output)(image[None].astype(np.float32)))[0]
+    extractor = keras.Model(model.input, model.get_layer(layer_name).output)
+    features = np.asarray(extractor(image[None].astype(np.float32), training=False))[0]
     channels = pick_neurons(features, count, seed)
     positions = strongest_positions(features, channels)
     saliency = Saliency(
@@ -207,7 +208,9 @@ def class_activation_maps(model, image: np.ndarray, layer_name: str, class_index
     for name, method in (("Grad-CAM", Gradcam), ("Grad-CAM++", GradcamPlusPlus)):
         explainer = method(model, model_modifier=ReplaceToLinear(), clone=True)
         # The named layer itself (a backbone's last activation is not a Conv layer tf-keras-vis would seek).
-        cam = explainer(CategoricalScore([class_index]), seed, penultimate_layer=layer_name, seek_penultimate_conv_layer=False)
+        cam = explainer(
+            CategoricalScore([class_index]), seed, penultimate_layer=layer_name, seek_penultimate_conv_layer=False
+        )
         maps[name] = np.asarray(cam)[0]
     return maps
 
@@ -246,7 +249,8 @@ def plot_filters(layer, path: Path, title: str) -> dict[str, Any]:
         if index < len(pictures):
             picture = pictures[index]
             spread = picture.max() - picture.min()
-            axis.imshow((picture - picture.min()) / (spread + 1e-12), cmap=None if picture.ndim == 3 else "gray", interpolation="nearest")
+            scaled = (picture - picture.min()) / (spread + 1e-12)
+            axis.imshow(scaled, cmap=None if picture.ndim == 3 else "gray", interpolation="nearest")
             axis.set_title(f"filter {index + 1}", fontsize=7)
     kh, kw, c_in, c_out = kernel.shape
     figure.suptitle(f"{title}\n{layer.name}: {c_out} filters of {kh}×{kw}×{c_in} ({note})")
@@ -283,12 +287,15 @@ def plot_guided_backprop(image: np.ndarray, result: dict[str, Any], path: Path, 
     columns = min(6, count + 1)
     rows = math.ceil((count + 1) / columns)
     plt = pyplot()
-    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows + 0.8), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.4 * columns, 2.6 * rows + 0.8), squeeze=False, layout="constrained"
+    )
     for axis in axes.flat:
         axis.axis("off")
     axes.flat[0].imshow(image)
     axes.flat[0].set_title("input image", fontsize=9)
-    for index, (channel, (y, x), activation) in enumerate(zip(result["channels"], result["positions"], result["activations"])):
+    neurons = zip(result["channels"], result["positions"], result["activations"])
+    for index, (channel, (y, x), activation) in enumerate(neurons):
         axis = axes.flat[index + 1]
         axis.imshow(as_picture(result["maps"][index]))
         axis.set_title(f"{result['layer']} channel {channel}\nat ({y}, {x}), activation {activation:.2f}", fontsize=8)
@@ -322,7 +329,9 @@ def default_image(trained: TrainedModel) -> str:
         for row in read_csv(trained.run_dir / "split.csv"):
             if row["subset"] == "test":
                 return row["path"]
-    raise UserError(f"no --image given and {trained.model_path} has no run split.csv to take a test image from: pass --image FILE")
+    raise UserError(
+        f"no --image given and {trained.model_path} has no run split.csv to take a test image from: pass --image FILE"
+    )
 
 
 def load_explained_image(path: str, size: int) -> np.ndarray:
@@ -336,52 +345,72 @@ def load_explained_image(path: str, size: int) -> np.ndarray:
         raise UserError(f"--image {path} is not a readable image ({str(error).splitlines()[0]})") from None
 
 
-def explain(trained: TrainedModel, out_dir: Path, *, image_path: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Write filters.png, feature_maps_<layer>.png, guided_backprop.png, gradcam.png and explain.json."""
+def write_feature_maps(model, image: np.ndarray, last_conv: str, out_dir: Path, title: str) -> list[dict[str, Any]]:
     import keras
 
+    chosen = feature_layers(model, last_conv)
+    # Direct calls, not predict(): each throwaway model would trace a new predict function.
+    extractor = keras.Model(model.input, [layer.output for _, layer in chosen])
+    activations = extractor(image[None].astype(np.float32), training=False)
+    activations = activations if isinstance(activations, list | tuple) else [activations]
+    written = []
+    for (conv_name, shown), maps in zip(chosen, activations):
+        path = out_dir / f"feature_maps_{conv_name}.png"
+        written.append({**plot_feature_maps(np.asarray(maps)[0], conv_name, shown.name, path, title), "file": path.name})
+    return written
+
+
+def write_guided_backprop(model, image: np.ndarray, last_conv: str, out_dir: Path, title: str, seed: int) -> dict[str, Any]:
+    guided = guided_backprop_maps(model, image, last_conv, seed)
+    relu_layers = count_relu_layers(model)
+    # Guided backpropagation is defined through ReLUs; a swish network (EfficientNet) gets plain gradients.
+    method = "" if relu_layers else " (no ReLU layers to guide: plain gradients)"
+    heading = f"{title}; {len(guided['channels'])} random neurons of {last_conv} (seed {seed}){method}"
+    plot_guided_backprop(image, guided, out_dir / "guided_backprop.png", heading)
+    return {
+        **{key: guided[key] for key in ("layer", "channels", "positions", "activations")},
+        "map_std": [float(m.std()) for m in guided["maps"]],
+        "guided_relu_layers": relu_layers,
+    }
+
+
+def write_gradcam(model, image: np.ndarray, last_conv: str, predicted: int, out_dir: Path, title: str) -> dict[str, Any]:
+    cams = class_activation_maps(model, image, last_conv, predicted)
+    plot_gradcam(image, cams, last_conv, out_dir / "gradcam.png", f"{title}: where the model looked")
+    peak = lambda cam: [int(v) for v in np.unravel_index(cam.argmax(), cam.shape)]
+    return {name: {"std": float(cam.std()), "max_at": peak(cam)} for name, cam in cams.items()}
+
+
+def explain(trained: TrainedModel, out_dir: Path, *, image_path: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Write filters.png, feature_maps_<layer>.png, guided_backprop.png, gradcam.png and explain.json."""
     image_path = image_path or default_image(trained)
     image = load_explained_image(image_path, trained.image_size)
     model = trained.model
     last_conv = last_conv_layer_name(trained, model)
-    # Direct calls, not predict(): each throwaway model would trace a new predict function.
     probabilities = np.asarray(model(image[None].astype(np.float32), training=False))[0]
     predicted = int(probabilities.argmax())
-    label = f"{trained.class_names[predicted]} ({probabilities[predicted]:.0%})"
     run = trained.run_dir.name if trained.run_dir else trained.model_path.stem
-    image_title = f"{run}: image {Path(image_path).name}, predicted {label}"
+    label = f"{trained.class_names[predicted]} ({probabilities[predicted]:.0%})"
+    title = f"{run}: image {Path(image_path).name}, predicted {label}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"image": image_path, "predicted_class": trained.class_names[predicted],
-                               "probability": float(probabilities[predicted]), "last_conv_layer": last_conv}
-
-    summary["filters"] = plot_filters(first_conv_layer(model), out_dir / "filters.png", f"{run}: first convolution layer")
-
-    chosen = feature_layers(model, last_conv)
-    activations = keras.Model(model.input, [layer.output for _, layer in chosen])(image[None].astype(np.float32), training=False)
-    activations = activations if isinstance(activations, list | tuple) else [activations]
-    summary["feature_maps"] = []
-    for (conv_name, shown), maps in zip(chosen, activations):
-        path = out_dir / f"feature_maps_{conv_name}.png"
-        summary["feature_maps"].append({**plot_feature_maps(np.asarray(maps)[0], conv_name, shown.name, path, image_title), "file": path.name})
-
-    guided = guided_backprop_maps(model, image, last_conv, seed)
-    plot_guided_backprop(image, guided, out_dir / "guided_backprop.png", f"{image_title}; {len(guided['channels'])} random neurons of {last_conv} (seed {seed})")
-    summary["guided_backprop"] = {
-        **{key: guided[key] for key in ("layer", "channels", "positions", "activations")},
-        "map_std": [float(m.std()) for m in guided["maps"]],
-        "guided_relu_layers": count_relu_layers(model),
+    summary: dict[str, Any] = {
+        "image": image_path,
+        "predicted_class": trained.class_names[predicted],
+        "probability": float(probabilities[predicted]),
+        "last_conv_layer": last_conv,
+        "filters": plot_filters(first_conv_layer(model), out_dir / "filters.png", f"{run}: first convolution layer"),
+        "feature_maps": write_feature_maps(model, image, last_conv, out_dir, title),
+        "guided_backprop": write_guided_backprop(model, image, last_conv, out_dir, title, seed),
+        "gradcam": write_gradcam(model, image, last_conv, predicted, out_dir, title),
     }
-
-    cams = class_activation_maps(model, image, last_conv, predicted)
-    plot_gradcam(image, cams, last_conv, out_dir / "gradcam.png", f"{image_title}: where the model looked")
-    summary["gradcam"] = {name: {"std": float(cam.std()), "max_at": [int(v) for v in np.unravel_index(cam.argmax(), cam.shape)]} for name, cam in cams.items()}
     write_json(out_dir / "explain.json", summary)
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m inat_keras explain", description="Filters, feature maps, guided backpropagation and Grad-CAM of a trained CNN."
+        prog="python -m inat_keras explain",
+        description="Filters, feature maps, guided backpropagation and Grad-CAM of a trained CNN.",
     )
     add_model_args(parser)
     parser.add_argument("--image", help="image to explain (default: the run's first test image)")

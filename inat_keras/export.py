@@ -195,11 +195,17 @@ def human_size(size: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inat_keras export", description="Export a trained model and check the export.")
+    parser = argparse.ArgumentParser(
+        prog="python -m inat_keras export", description="Export a trained model and check the export."
+    )
     add_model_args(parser)
-    parser.add_argument("--format", choices=FORMATS, action="append", required=True, help="savedmodel, tflite or onnx (repeatable)")
+    parser.add_argument(
+        "--format", choices=FORMATS, action="append", required=True, help="savedmodel, tflite or onnx (repeatable)"
+    )
     parser.add_argument("--out", help="output folder (default: <run>/export)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest accepted probability difference (default {TOLERANCE:g})")
+    parser.add_argument(
+        "--tolerance", type=float, default=TOLERANCE, help=f"largest accepted probability difference ({TOLERANCE:g})"
+    )
     args = parser.parse_args(argv)
     trained = load_trained(args.model, args.classes)
     out_dir = default_output_dir(trained, args.out, "export")

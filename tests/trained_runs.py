@@ -26,7 +26,13 @@ def tiny_scratch_run(base: Path) -> Path:
             kind="scratch",
             out=str(base / "runs"),
             data=DataConfig(data_dir=str(data), image_size=32, batch_size=16),
-            model={"num_blocks": 5, "first_filters": 4, "filter_organisation": 2.0, "dense_units": [16], "batch_norm_momentum": 0.9},
+            model={
+                "num_blocks": 5,
+                "first_filters": 4,
+                "filter_organisation": 2.0,
+                "dense_units": [16],
+                "batch_norm_momentum": 0.9,
+            },
             train=TrainConfig(epochs=6, learning_rate=3e-3, mixed_precision="off", jit_compile="off"),
             tracking=TrackingConfig(wandb="off"),
         )

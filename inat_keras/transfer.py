@@ -335,8 +335,16 @@ def validate_transfer(config: RunConfig, num_classes: int) -> None:
     check_head(num_classes, model.dropout, model.dense_units)
     if not 0 < model.finetune_lr_factor <= 1:
         raise UserError(f"--finetune-lr-factor {model.finetune_lr_factor}: must be in (0, 1], e.g. 0.05")
-    resolve_weights(model.weights)
+    if resolve_weights(model.weights) == "imagenet":
+        fetch_imagenet_weights(spec, model.input_size)
     plan_phases(config)
+
+
+def fetch_imagenet_weights(backbone: Backbone, size: int) -> None:
+    """Download (or find in Keras's cache) the ImageNet weights, so no network failure leaves half a run behind."""
+    import keras
+
+    build_backbone_on(backbone, keras.Input(shape=(size, size, 3)), "imagenet")
 
 
 def phase_config(config: RunConfig, phase: Phase) -> RunConfig:

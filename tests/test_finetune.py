@@ -109,7 +109,16 @@ def test_head_training_on_cached_features_writes_the_same_artifacts_and_a_full_i
     assert result.metrics["trainable_params"] == head_params < result.metrics["num_params"]
 
 
-def test_bad_finetune_settings_are_one_line_errors_before_any_file_is_written(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+def test_bad_finetune_settings_are_one_line_errors_before_any_file_is_written(tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import urllib.error
+
+    from keras.src.utils import file_utils
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", no_network)
+    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path / "keras"))
     out = tmp_path / "runs"
     common = ["--data", str(tiny_dataset), "--out", str(out), "--wandb", "off", "--weights", "none", "--quiet"]
     cases = {
@@ -117,6 +126,7 @@ def test_bad_finetune_settings_are_one_line_errors_before_any_file_is_written(ti
         ("--backbone", "mobilenetv2", "--unfreeze", "-2"): "--unfreeze -2",
         ("--backbone", "mobilenetv2", "--epochs", "2", "--head-epochs", "2"): "--head-epochs 2",
         ("--backbone", "mobilenetv2", "--weights", str(tmp_path / "absent.h5")): "no such file",
+        ("--backbone", "mobilenetv2", "--image-size", "96", "--weights", "imagenet"): "or --weights none",
     }
     for flags, expected in cases.items():
         assert run_main(finetune_main, [*common, *flags]) == 2

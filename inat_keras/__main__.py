@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("inat_keras.cli:train_scratch_main", "train the from-scratch CNN (same as train_scratch.py)"),
     "download": ("inat_keras.download:main", "download and extract the iNaturalist-12K dataset"),
     "check-data": ("inat_keras.datacheck:main", "find unusable images, duplicates and class imbalance in a dataset"),
+    "sweep-analysis": ("inat_keras.sweep_analysis:main", "trials table, plots, parameter importance and summary of a search"),
     "evaluate": ("inat_keras.evaluation:main", "test metrics, confusion matrix, prediction grid and mistakes of a trained model"),
     "predict": ("inat_keras.prediction:main", "top-k classes of image files and folders"),
     "explain": ("inat_keras.explain:main", "filters, feature maps, guided backpropagation and Grad-CAM of a trained model"),

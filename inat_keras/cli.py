@@ -193,6 +193,9 @@ def train_scratch_main(argv: Sequence[str] | None = None) -> int:
     add_data_args(parser)
     add_cnn_args(parser)
     add_train_args(parser)
+    from .search import add_search_args
+
+    add_search_args(parser)
     args = parser.parse_args(argv)
 
     if args.resume:
@@ -203,6 +206,10 @@ def train_scratch_main(argv: Sequence[str] | None = None) -> int:
         model.pop("num_classes", None)
         model.pop("input_size", None)
         config = run_config_from_args(args, kind="scratch", model=model, demo_defaults=SCRATCH_DEMO_DEFAULTS)
+    if args.tuner:
+        from .search import search_command
+
+        return search_command(args, config)
     return train_and_report(config, args, script="train_scratch.py")
 
 

@@ -242,16 +242,27 @@ def make_dataset(
     The cache holds resized uint8 images (4x smaller than float32), so epochs after
     the first read memory (or ``config.cache`` files) instead of decoding JPEGs again.
     """
-    import tensorflow as tf
+    images = cached_images(files, config, num_classes, cache_name=cache_name)
+    return batched(images, config, len(files), training=training)
 
+
+def cached_images(files: LabelledFiles, config: DataConfig, num_classes: int, *, cache_name: str = ""):
+    """Decoded (uint8 image, one-hot label) pairs behind ``config.cache``; a search batches them per trial."""
     dataset = decoded_images(files, config.image_size, num_classes)
     if config.cache == "memory":
         dataset = dataset.cache()
     elif config.cache != "none":
         Path(config.cache).parent.mkdir(parents=True, exist_ok=True)
         dataset = dataset.cache(f"{config.cache}{cache_name}")
+    return dataset
+
+
+def batched(dataset, config: DataConfig, count: int, *, training: bool):
+    """[shuffle,] batch, float32, [augment,] prefetch the pairs of ``cached_images``."""
+    import tensorflow as tf
+
     if training:
-        dataset = dataset.shuffle(min(len(files), 10_000), seed=config.seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(min(count, 10_000), seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)
     to_float = lambda images, labels: (tf.cast(images, tf.float32), labels)
     dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,222 @@
+"""Hyperparameter search: tiny searches with each tuner, the search-space file, resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_dataset_root
+from inat_keras.cli import run_main, train_scratch_main
+from inat_keras.config import RunConfig
+from inat_keras.errors import UserError
+from inat_keras.search import SCRATCH_SPACE, pinned_by_flags, resolve_space, search_command, trial_config
+
+TINY_SPACE = {
+    "num_blocks": 3,
+    "first_filters": [4, 8],
+    "kernel_size": [3, 5],
+    "dense_units": [8, 16],
+    "batch_size": [8, 16],
+    "learning_rate": {"min": 1e-3, "max": 1e-2, "log": True},
+    "augment": False,
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def search_data(tmp_path: Path) -> Path:
+    return make_dataset_root(tmp_path / "data", train_per_class=6, val_per_class=3)
+
+
+def search_args(tmp_path: Path, data: Path, tuner: str, *extra: str, space: dict | None = None) -> list[str]:
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(space or TINY_SPACE))
+    return [
+        "--data", str(data), "--tuner", tuner, "--epochs", "1", "--image-size", "32", "--search-space", str(space_file),
+        "--out", str(tmp_path / "runs"), "--name", "s", "--wandb", "off", "--quiet", *extra,
+    ]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_random_search_writes_the_sweep_analysis_and_retrains_the_best_trial(tmp_path, search_data, capsys) -> None:
+    assert train_scratch_main(search_args(tmp_path, search_data, "random", "--max-trials", "3")) == 0
+    run_dir = tmp_path / "runs" / "s"
+    search_dir = run_dir / "search"
+
+    rows = read_rows(search_dir / "trials.csv")
+    assert [row["trial_id"] for row in rows] == ["0", "1", "2"]
+    assert {row["status"] for row in rows} == {"COMPLETED"}
+    assert all(row["start_time"] and float(row["duration_s"]) > 0 and row["val_loss"] for row in rows)
+    assert {row["first_filters"] for row in rows} <= {"4", "8"}
+    assert all(1e-3 <= float(row["learning_rate"]) <= 1e-2 for row in rows)
+
+    best = json.loads((search_dir / "best_hyperparameters.json").read_text())
+    best_row = max(rows, key=lambda row: float(row["val_accuracy"]))
+    assert best["val_accuracy"] == pytest.approx(float(best_row["val_accuracy"]))
+    assert best["hyperparameters"]["first_filters"] == int(best_row["first_filters"])
+    for picture in ("accuracy_vs_created.png", "parallel_coordinates.png", "importance.png"):
+        assert (search_dir / picture).read_bytes().startswith(PNG_SIGNATURE)
+    assert read_rows(search_dir / "importance.csv")
+    summary = (search_dir / "summary.md").read_text()
+    assert f"{best['val_accuracy']:.4f}" in summary and f"trial {best['trial_id']}" in summary
+
+    # The retrained run is an ordinary run with the best values, evaluated once on the test set.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["first_filters"] == best["hyperparameters"]["first_filters"]
+    assert config["data"]["batch_size"] == best["hyperparameters"]["batch_size"]
+    assert "test_accuracy" in json.loads((run_dir / "metrics.json").read_text())
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, search_data) -> None:
+    per_block = {**TINY_SPACE, "kernel_size": None, "kernel_size_per_block": [3, 5]}
+    args = search_args(tmp_path, search_data, "bayes", "--max-trials", "2", "--no-retrain", space=per_block)
+    args[args.index("--wandb") + 1] = "offline"
+    assert train_scratch_main(args) == 0
+    search_dir = tmp_path / "runs" / "s" / "search"
+    for trial in ("0", "1"):
+        runs = list((search_dir / f"trial_{trial}" / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"trial {trial}: {runs}"
+    rows = read_rows(search_dir / "trials.csv")
+    assert len(rows) == 2
+    assert {"kernel_size_1", "kernel_size_2", "kernel_size_3"} <= set(rows[0]) and "kernel_size_4" not in rows[0]
+    assert not (tmp_path / "runs" / "s" / "metrics.json").exists()  # --no-retrain
+
+
+def test_hyperband_continues_a_promising_trial_from_its_checkpoint(tmp_path, search_data) -> None:
+    args = search_args(tmp_path, search_data, "hyperband", "--max-trials", "4", "--no-retrain")
+    args[args.index("--epochs") + 1] = "3"
+    assert train_scratch_main(args) == 0
+    rows = read_rows(tmp_path / "runs" / "s" / "search" / "trials.csv")
+    # Factor 3 over 3 epochs: three 1-epoch trials, then the best of them continues to epoch 3.
+    assert [row["tuner/epochs"] for row in rows] == ["1", "1", "1", "3"]
+    first_round = max(rows[:3], key=lambda row: float(row["val_accuracy"]))
+    assert rows[3]["tuner/trial_id"] == first_round["trial_id"]
+    assert rows[3]["epochs_run"] == "2"
+    assert rows[3]["first_filters"] == first_round["first_filters"]
+
+
+def test_a_search_killed_mid_trial_continues_without_redoing_finished_trials(tmp_path, search_data) -> None:
+    command = [sys.executable, "train_scratch.py", *search_args(tmp_path, search_data, "random", "--max-trials", "3", "--no-retrain")]
+    command[command.index("--epochs") + 1] = "2"
+    search_dir = tmp_path / "runs" / "s" / "search"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"the search ended before it could be killed:\n{process.stderr.read()[-2000:]}"
+            try:
+                oracle = json.loads((search_dir / "oracle.json").read_text())
+            except (OSError, ValueError):
+                oracle = {}
+            if len(oracle.get("start_order", [])) == 2 and len(oracle.get("end_order", [])) == 1:
+                break  # trial 0 finished, trial 1 is running
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    finished = (search_dir / "trial_0" / "trial.json").read_text()
+    interrupted = json.loads((search_dir / "trial_1" / "trial.json").read_text())
+    assert interrupted["status"] == "RUNNING"
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (search_dir / "trial_0" / "trial.json").read_text() == finished  # not recomputed
+    rows = read_rows(search_dir / "trials.csv")
+    assert [(row["trial_id"], row["status"]) for row in rows] == [("0", "COMPLETED"), ("1", "COMPLETED"), ("2", "COMPLETED")]
+    resumed = json.loads((search_dir / "trial_1" / "trial.json").read_text())
+    assert resumed["hyperparameters"]["values"] == interrupted["hyperparameters"]["values"]
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"filterz": [32]}, "unknown hyperparameter(s) filterz"),
+        ({"learning_rate": "fast"}, "learning_rate: 'fast' is not a number"),
+        ({"activation": ["relu", "tanh"]}, "activation: 'tanh' choose among"),
+        ({"batch_norm": [1, 0]}, "batch_norm: 1 is not true or false"),
+        ({"num_blocks": [3, 4.5]}, "num_blocks: 4.5 is not an integer"),
+        ({"dense_dropout": [0.2, 1.5]}, "dense_dropout: 1.5 must be in [0, 1)"),
+        ({"learning_rate": {"min": 1e-2, "max": 1e-4}}, "min 0.01 must be below max 0.0001"),
+        ({"learning_rate": {"low": 1e-4, "high": 1e-2}}, "a range is"),
+        ({"activation": {"min": 1, "max": 2}}, "needs a numeric hyperparameter"),
+        ({"first_filters": []}, "the list of values is empty"),
+    ],
+)
+def test_the_search_space_file_refuses_unknown_and_badly_typed_entries(tmp_path, entries, message) -> None:
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(entries))
+    with pytest.raises(UserError, match="--search-space .*space.json") as error:
+        resolve_space("scratch", str(space_file))
+    assert message in str(error.value)
+
+
+def test_a_bad_search_space_stops_the_command_with_exit_status_2(tmp_path, search_data, capsys) -> None:
+    args = search_args(tmp_path, search_data, "random", space={"kernel_size": ["big"]})
+    assert run_main(train_scratch_main, args) == 2
+    assert "error: --search-space" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_yaml_search_space_overrides_the_default_entry_by_entry(tmp_path) -> None:
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("activation: [gelu, mish]\nlearning_rate: {min: 0.0001, max: 0.01, log: true}\naugment: null\nl2: 0\n")
+    space = resolve_space("scratch", str(space_file), pinned={"batch_size"})
+    assert space["activation"] == ["gelu", "mish"]
+    assert space["learning_rate"] == {"min": 1e-4, "max": 1e-2, "log": True}
+    assert space["l2"] == 0.0 and space["dense_dropout"] == SCRATCH_SPACE["dense_dropout"]
+    assert "augment" not in space and "batch_size" not in space
+
+
+def test_flags_given_on_the_command_line_fix_their_hyperparameters() -> None:
+    import argparse
+
+    args = argparse.Namespace(num_blocks=3, kernel_size=[3], activation=None, filters=None, batch_size=None, data="d")
+    assert pinned_by_flags(args, "scratch") == {"num_blocks", "kernel_size", "kernel_size_per_block"}
+
+
+def test_trial_values_become_an_ordinary_run_config() -> None:
+    base = RunConfig(name="s", model={"num_blocks": 5})
+    values = {
+        "num_blocks": 3, "kernel_size_1": 5, "kernel_size_2": 3, "kernel_size_3": 3, "kernel_size_4": 5,
+        "dense_units": 256, "learning_rate": 0.003, "batch_size": 64, "augment": True, "tuner/epochs": 2,
+    }
+    config = trial_config(base, values)
+    assert config.model == {"num_blocks": 3, "kernel_size": [5, 3, 3], "dense_units": [256]}
+    assert (config.train.learning_rate, config.data.batch_size, config.data.augment) == (0.003, 64, True)
+    assert base.model == {"num_blocks": 5}  # the base is left alone
+
+
+def test_continuing_a_search_with_other_settings_is_refused(tmp_path, search_data) -> None:
+    args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain")
+    assert train_scratch_main(args) == 0
+    other = [*args[:3], "bayes", *args[4:]]
+    with pytest.raises(UserError, match="holds a search with other settings \\(tuner differ"):
+        train_scratch_main(other)
+
+
+def test_a_space_deeper_than_the_image_allows_is_refused_before_any_trial(tmp_path, search_data) -> None:
+    args = search_args(tmp_path, search_data, "random", space={"num_blocks": [3, 6]})
+    with pytest.raises(UserError, match="search space: --image-size 32 is too small for 6 pooling blocks"):
+        train_scratch_main(args)
+
+
+def test_resume_flag_is_refused_with_a_search() -> None:
+    import argparse
+
+    args = argparse.Namespace(resume="runs/x", name=None, tuner="random")
+    with pytest.raises(UserError, match="re-run its own command"):
+        search_command(args, RunConfig(name="x"))

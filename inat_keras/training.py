@@ -172,12 +172,15 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, learning_rate: float
 def compile_model(model, config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None) -> None:
     import keras
 
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-        metrics=training_metrics(),
-        jit_compile=resolve_jit(config.train.jit_compile),
-    )
+    # In the strategy the model was built under (--distribute), wherever this is called from: the
+    # optimizer's variables must be mirrored like the model's.
+    with model.distribute_strategy.scope():
+        model.compile(
+            optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+            metrics=training_metrics(),
+            jit_compile=resolve_jit(config.train.jit_compile),
+        )
 
 
 def training_metrics() -> list:

@@ -151,3 +151,16 @@ def test_mirrored_training_on_one_device_records_its_scaling(tiny_dataset: Path,
     scaling = json.loads((result.run_dir / "metrics.json").read_text())["distribution"]
     assert scaling["mode"] == "mirrored" and scaling["num_replicas"] == replicas
     assert scaling["global_batch_size"] == 4 * replicas
+
+
+def test_fine_tuning_recompiles_inside_the_mirrored_strategy_between_phases(tiny_dataset: Path, tmp_path: Path) -> None:
+    from inat_keras.finetune_cli import finetune_main
+
+    args = [
+        "--data", str(tiny_dataset), "--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
+        "--epochs", "2", "--head-epochs", "1", "--batch-size", "4", "--distribute", "mirrored",
+        "--out", str(tmp_path / "runs"), "--name", "ft", "--wandb", "off", "--quiet",
+    ]
+    assert finetune_main(args) == 0
+    metrics = json.loads((tmp_path / "runs" / "ft" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and metrics["distribution"]["mode"] == "mirrored"

@@ -65,14 +65,15 @@ def fit_head_on_features(
     val_x, val_y = extract_features(extractor, datasets["validation"])
     log(f"feature cache: backbone run once on {len(train_x)} + {len(val_x)} images ({train_x.shape[1]} features each)")
 
-    head = head_model(model)
-    # The same optimizer object: its state is saved with the full model and restored on --resume.
-    head.compile(
-        optimizer=model.optimizer,
-        loss=model.loss,
-        metrics=training_metrics(),
-        jit_compile=model.jit_compile,
-    )
+    with model.distribute_strategy.scope():
+        head = head_model(model)
+        # The same optimizer object: its state is saved with the full model and restored on --resume.
+        head.compile(
+            optimizer=model.optimizer,
+            loss=model.loss,
+            metrics=training_metrics(),
+            jit_compile=model.jit_compile,
+        )
     for callback in fit_kwargs["callbacks"]:
         if isinstance(callback, EpochCheckpoint):
             callback.saved_model = model

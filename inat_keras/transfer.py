@@ -399,7 +399,9 @@ def fit_transfer(
         resumed_inside = state["epochs_done"] > phase.first_epoch and model.optimizer is not None
         set_trainable(model, phase.unfreeze)
         if not resumed_inside:
-            compile_model(model, phase_config(config, phase), steps_per_epoch, phase.learning_rate * scale)
+            # Under --distribute the optimizer's variables must be created in the model's strategy.
+            with model.distribute_strategy.scope():
+                compile_model(model, phase_config(config, phase), steps_per_epoch, phase.learning_rate * scale)
         if len(phases) > 1:
             log(
                 f"phase {phase.name}: epochs {phase.first_epoch + 1}-{phase.last_epoch}, "

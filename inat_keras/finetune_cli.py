@@ -7,6 +7,7 @@ of them is a flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,15 +73,15 @@ def fill_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
 
 
 def transfer_settings(args: argparse.Namespace) -> dict[str, Any]:
-    model = pick(args, TransferConfig, {})
-    for name in ("num_classes", "input_size"):
-        model.pop(name, None)
-    if "weights" in model and str(model["weights"]).lower() == "none":
-        model["weights"] = None
-    if "unfreeze" in model:
-        from .transfer import parse_unfreeze
+    """Every TransferConfig setting, given or default, so config.json records the whole model."""
+    from .transfer import parse_unfreeze
 
-        model["unfreeze"] = parse_unfreeze(model["unfreeze"])
+    model = dataclasses.asdict(TransferConfig(**pick(args, TransferConfig, {})))
+    for name in ("num_classes", "input_size"):  # taken from the data when the model is built
+        model.pop(name)
+    if str(model["weights"]).lower() == "none":
+        model["weights"] = None
+    model["unfreeze"] = parse_unfreeze(model["unfreeze"])
     return model
 
 
@@ -93,7 +94,11 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     add_data_args(parser)
     add_transfer_args(parser)
     add_train_args(parser)
+    from .search import add_search_args, pinned_by_flags
+
+    add_search_args(parser)
     args = parser.parse_args(argv)
+    pinned = pinned_by_flags(args, "transfer")  # before the fine-tuning defaults fill in the flags left out
 
     if args.resume:
         config = load_resume_config(args)
@@ -103,7 +108,12 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
         from .transfer import get_backbone
 
         backbone = get_backbone(args.backbone or TransferConfig.backbone)
+        args.backbone = backbone.name
         if args.image_size is None:
             args.image_size = backbone.input_size  # the resolution its ImageNet weights were trained at
         config = run_config_from_args(args, kind="transfer", model=transfer_settings(args), demo_defaults={})
+    if args.tuner:
+        from .search import search_command
+
+        return search_command(args, config, pinned)
     return train_and_report(config, args, script="finetune.py")

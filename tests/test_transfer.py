@@ -119,3 +119,19 @@ def test_a_missing_weights_file_or_a_bad_unfreeze_or_too_small_image_is_a_user_e
         build_transfer("xception", 3, weights=None, input_size=40)
     with pytest.raises(UserError, match="--backbone"):
         build_transfer("alexnet", 3, weights=None)
+
+
+def test_a_weights_file_in_the_format_keras_downloads_loads_into_the_flat_model(tmp_path: Path) -> None:
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    # Keras's *_notop.h5 ImageNet files are in the legacy HDF5 layout, matched layer by layer in order.
+    saved = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, saved)
+
+    model = build_transfer("vgg16", 3, weights=str(path), input_size=32)
+    x = images(2, 32)
+    expected = np.asarray(saved(BACKBONES["vgg16"].preprocess_input(x.copy()))).mean(axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(feature_extractor(model)(x)), expected, rtol=1e-5, atol=1e-6)

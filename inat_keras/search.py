@@ -301,9 +301,18 @@ def pinned_by_flags(args: argparse.Namespace, kind: str) -> set[str]:
     return pinned
 
 
-def check_space_fits(base: RunConfig, space: dict[str, Any]) -> None:
-    """Refuse, before any trial, a space whose deepest CNN does not fit the image size."""
-    if base.kind != "scratch":
+def check_space_fits(base: RunConfig, space: dict[str, Any], num_classes: int) -> None:
+    """Refuse, before any trial, a space that cannot be built: too deep for the images, a bad backbone."""
+    if base.kind == "transfer":
+        from .transfer import validate_transfer
+
+        backbones = space.get("backbone", [base.model.get("backbone")])
+        for backbone in backbones if isinstance(backbones, list) else [backbones]:
+            config = trial_config(base, {"backbone": backbone} if backbone else {})
+            try:
+                validate_transfer(config, num_classes)  # also fetches ImageNet weights once, before any trial
+            except UserError as error:
+                raise UserError(f"search space (backbone {backbone}): {error}") from None
         return
     from .training import cnn_config
 
@@ -311,7 +320,7 @@ def check_space_fits(base: RunConfig, space: dict[str, Any]) -> None:
     if "kernel_size_per_block" in space:
         deepest.model.pop("kernel_size", None)
     try:
-        cnn_config(deepest, 2)
+        cnn_config(deepest, num_classes)
     except UserError as error:
         raise UserError(f"search space: {error}") from None
 
@@ -446,20 +455,28 @@ def make_hypermodel_class(kt) -> type:
 
             config = trial_config(self.base, hp.values)
             patience = config.train.early_stopping or TRIAL_PATIENCE
-            callbacks = [*callbacks, keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=patience)]
+            # One History over all of fit_transfer's phases (each model.fit call starts its own).
+            history = keras.callbacks.History()
+            callbacks = [*callbacks, keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=patience), history]
             wandb_run = self.start_tracking(config, trial_id, hp.values)
             if wandb_run is not None:
                 callbacks.extend(wandb_run.callbacks())
             train, validation = self.datasets(config)
-            history = model.fit(
-                train,
-                validation_data=validation,
-                epochs=epochs or config.train.epochs,
-                initial_epoch=initial_epoch,
-                shuffle=False,  # the tf.data pipeline shuffles
-                callbacks=callbacks,
-                verbose=verbose,
-            )
+            budget = epochs or config.train.epochs
+            if config.kind == "transfer":
+                fit_transfer_trial(model, config, {"train": train, "validation": validation}, callbacks,
+                                   budget=budget, initial_epoch=initial_epoch, verbose=verbose,
+                                   steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
+            else:
+                model.fit(
+                    train,
+                    validation_data=validation,
+                    epochs=budget,
+                    initial_epoch=initial_epoch,
+                    shuffle=False,  # the tf.data pipeline shuffles
+                    callbacks=callbacks,
+                    verbose=verbose,
+                )
             if wandb_run is not None:
                 wandb_run.log_summary({"best_" + OBJECTIVE: max(history.history[OBJECTIVE])})
                 wandb_run.finish()
@@ -493,6 +510,30 @@ def make_hypermodel_class(kt) -> type:
             )
 
     return TrialModels
+
+
+def fit_transfer_trial(model, config: RunConfig, datasets: dict[str, Any], callbacks: list, *,
+                       budget: int, initial_epoch: int, verbose, steps_per_epoch: int) -> None:
+    """A fine-tuning trial through the run's phases (head, then unfreezing), stopped at the trial's epoch budget."""
+    import keras
+
+    from .transfer import fit_transfer
+
+    # Always on full images: KerasTuner saves the model that fit trains, which on cached features is the head alone.
+    config.model["feature_cache"] = False
+    state: dict[str, Any] = {"epochs_done": initial_epoch, "stopped": None}
+
+    class EpochBudget(keras.callbacks.Callback):
+        """Counts epochs for fit_transfer's phases and ends the trial at its budget or on early stopping."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            state["epochs_done"] = epoch + 1
+            if state["epochs_done"] >= budget or self.model.stop_training:
+                state["stopped"] = "budget"
+                self.model.stop_training = True
+
+    fit_transfer(model, config, datasets, state, [*callbacks, EpochBudget()], steps_per_epoch=steps_per_epoch,
+                 verbose=verbose, log=lambda message: None)
 
 
 def make_tuner(base: RunConfig, settings: SearchSettings, hypermodel, search_dir: Path):
@@ -595,12 +636,12 @@ def run_search(
             f"--distribute {base.train.distribute} with --tuner: trials run on one device each; spread a search over "
             f"devices or machines with KerasTuner's distributed mode (see README, 'Distributed search')"
         )
-    check_space_fits(base, settings.space)
     role = tuner_role()
     configure_devices()
     resolve_data_dir(base)
     data_report = check_before_training(base.data.data_dir, skip_bad=base.data.skip_bad, log=log)
     split = data_lib.make_split(base.data, exclude=data_report.bad_paths)
+    check_space_fits(base, settings.space, len(split.class_names))
     search_dir = run_dir_of(base) / SEARCH_DIR
     search_dir.mkdir(parents=True, exist_ok=True)
     if role != "worker":

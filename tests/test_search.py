@@ -220,3 +220,17 @@ def test_resume_flag_is_refused_with_a_search() -> None:
     args = argparse.Namespace(resume="runs/x", name=None, tuner="random")
     with pytest.raises(UserError, match="re-run its own command"):
         search_command(args, RunConfig(name="x"))
+
+
+def test_a_finetuning_search_trains_each_trial_through_head_and_unfreezing_phases(tmp_path, search_data) -> None:
+    from inat_keras.finetune_cli import finetune_main
+
+    space = {"unfreeze": ["all"], "dropout": [0.0, 0.3], "dense_units": [0, 8], "batch_size": [8, 16], "augment": False}
+    args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain", space=space)
+    args[args.index("--epochs") + 1] = "2"
+    assert finetune_main([*args, "--backbone", "mobilenetv2", "--weights", "none", "--head-epochs", "1"]) == 0
+    rows = read_rows(tmp_path / "runs" / "s" / "search" / "trials.csv")
+    assert [row["status"] for row in rows] == ["COMPLETED"]
+    assert rows[0]["epochs_run"] == "2"  # the head epoch, then the unfrozen one
+    assert {"unfreeze", "dropout", "dense_units", "learning_rate"} <= set(rows[0])
+    assert "backbone" not in rows[0]  # fixed by --backbone

@@ -230,6 +230,8 @@ def resolve_space(kind: str, space_file: str | None = None, pinned: set[str] | f
             raise UserError(f"{source}: unknown hyperparameter(s) {', '.join(unknown)}; known are {', '.join(parameters)}")
         space.update(overrides)
     space = {name: entry for name, entry in space.items() if entry is not None and name not in pinned}
+    if "kernel_size_per_block" in space:
+        space.pop("kernel_size", None)  # one size per block replaces the single size
     if kind == "transfer" and "backbone" in space:
         from .transfer import BACKBONES
 
@@ -237,15 +239,15 @@ def resolve_space(kind: str, space_file: str | None = None, pinned: set[str] | f
     return {name: normalise_entry(name, entry, parameters[name], source) for name, entry in space.items()}
 
 
-def declare(hp, space: dict[str, Any], kind: str) -> dict[str, Any]:
+def declare(hp, space: dict[str, Any], base: RunConfig) -> dict[str, Any]:
     """Declare the space on a KerasTuner ``HyperParameters`` and return this trial's values."""
     values = {}
     for name, entry in space.items():
         if name == "kernel_size_per_block":
-            for block in range(1, most_blocks(space) + 1):
+            for block in range(1, most_blocks(space, base.model.get("num_blocks", 5)) + 1):
                 values[f"kernel_size_{block}"] = declare_one(hp, f"kernel_size_{block}", entry, int)
             continue
-        values[name] = declare_one(hp, name, entry, parameters_for(kind)[name].kind)
+        values[name] = declare_one(hp, name, entry, parameters_for(base.kind)[name].kind)
     return values
 
 
@@ -445,7 +447,7 @@ def make_hypermodel_class(kt) -> type:
         def build(self, hp):
             from .training import build_model, compile_model
 
-            config = trial_config(self.base, declare(hp, self.space, self.base.kind))
+            config = trial_config(self.base, declare(hp, self.space, self.base))
             model = build_model(config, self.num_classes)
             compile_model(model, config, steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
             return model
@@ -657,7 +659,12 @@ def run_search(
         log(f"chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}")
         serve_oracle(tuner.oracle)
     else:
-        tuner.search(verbose=verbose)
+        try:
+            tuner.search(verbose=verbose)
+        except KeyboardInterrupt:
+            raise UserError(
+                f"interrupted: the finished trials are kept in {search_dir}; re-run the same command to continue"
+            ) from None
     result = SearchResult(search_dir, role, list(tuner.trials_run))
     if role == "worker":
         return result

@@ -80,7 +80,7 @@ def test_random_search_writes_the_sweep_analysis_and_retrains_the_best_trial(tmp
 
 
 def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, search_data) -> None:
-    per_block = {**TINY_SPACE, "kernel_size": None, "kernel_size_per_block": [3, 5]}
+    per_block = {**TINY_SPACE, "kernel_size_per_block": [3, 5]}
     args = search_args(tmp_path, search_data, "bayes", "--max-trials", "2", "--no-retrain", space=per_block)
     args[args.index("--wandb") + 1] = "offline"
     assert train_scratch_main(args) == 0
@@ -90,7 +90,8 @@ def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, sea
         assert len(runs) == 1, f"trial {trial}: {runs}"
     rows = read_rows(search_dir / "trials.csv")
     assert len(rows) == 2
-    assert {"kernel_size_1", "kernel_size_2", "kernel_size_3"} <= set(rows[0]) and "kernel_size_4" not in rows[0]
+    assert {"kernel_size_1", "kernel_size_2", "kernel_size_3"} <= set(rows[0])
+    assert "kernel_size_4" not in rows[0] and "kernel_size" not in rows[0]  # three blocks, one size each
     assert not (tmp_path / "runs" / "s" / "metrics.json").exists()  # --no-retrain
 
 

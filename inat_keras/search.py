@@ -545,7 +545,7 @@ def make_tuner(base: RunConfig, settings: SearchSettings, hypermodel, search_dir
     objective = kt.Objective(OBJECTIVE, direction="max")
     oracle_class = classes[f"{settings.tuner}_oracle"]
     if settings.tuner == "hyperband":
-        # KerasTuner's Hyperband has no trial budget; iterations are unbounded and max_trials caps them.
+        # KerasTuner's Hyperband has no trial budget: allow as many iterations as trials and let max_trials end it.
         oracle = oracle_class(
             objective=objective, max_epochs=base.train.epochs, factor=HYPERBAND_FACTOR,
             hyperband_iterations=settings.max_trials, seed=base.data.seed,

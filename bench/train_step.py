@@ -5,7 +5,8 @@ EfficientNetV2-S 384; ``weights=None``, nothing is downloaded), two feeds of the
 
 - pipeline: ``inat_keras.data.make_dataset`` over a generated folder of 500-800 px JPEGs
   (shuffle, cached uint8, float32, [augmentation], prefetch), after one pass that fills the cache,
-  so this is the cost of every epoch after the first;
+  so this is the cost of every epoch after the first; with ``--augment-placement model`` the
+  augmentation layers are the model's first layers instead (in both feeds);
 - memory: one batch held as a tensor and repeated (``Dataset.from_tensors(...).repeat()``), so only
   the model and the host-to-device copy remain.
 
@@ -14,6 +15,7 @@ steps (tracing, XLA compilation) are not timed.
 
     python bench/train_step.py --models scratch --batch-size 8 --steps 10
     python bench/train_step.py --models scratch resnet50 xception efficientnetv2s --mixed-precision --jit-compile
+    python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision --jit-compile
 """
 
 from __future__ import annotations
@@ -35,36 +37,37 @@ NATIVE_SIZES = {"scratch": 224, "resnet50": 224, "xception": 299, "efficientnetv
 NUM_CLASSES = 10
 
 
-def build(name: str, size: int):
+def build(name: str, size: int, augmentation: list | None):
     """The model, float32 softmax output whatever the precision policy (as in training)."""
     import keras
+
+    from inat_keras.models import apply_layers
 
     if name == "scratch":
         from inat_keras.config import CNNConfig
         from inat_keras.models import build_cnn
 
-        return build_cnn(CNNConfig(num_classes=NUM_CLASSES, input_size=size))
+        return build_cnn(CNNConfig(num_classes=NUM_CLASSES, input_size=size), augmentation=augmentation)
     backbones = {
         "resnet50": keras.applications.ResNet50,
         "xception": keras.applications.Xception,
         "efficientnetv2s": keras.applications.EfficientNetV2S,
     }
     inputs = keras.Input((size, size, 3))
-    features = backbones[name](include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")(inputs)
+    backbone = backbones[name](include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    features = backbone(apply_layers(augmentation or (), inputs))
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(features)
     return keras.Model(inputs, outputs, name=name)
 
 
-def pipeline_feed(folder: Path, size: int, batch_size: int, augment: bool):
+def pipeline_feed(folder: Path, config):
     """The training pipeline, repeated, with its cache filled by one full pass."""
-    from inat_keras.config import DataConfig
     from inat_keras.data import LabelledFiles, list_class_images, make_dataset
 
     paths, labels = [], []
     for label, files in enumerate(list_class_images(folder).values()):
         paths += files
         labels += [label % NUM_CLASSES] * len(files)
-    config = DataConfig(image_size=size, batch_size=batch_size, augment=augment, cache="memory")
     dataset = make_dataset(LabelledFiles(paths, labels), config, NUM_CLASSES, training=True)
     for _ in dataset:  # fill the cache: the first epoch's decoding is bench/pipeline.py's subject
         pass
@@ -91,13 +94,19 @@ def images_per_second(model, dataset, *, steps: int, warmup: int, batch_size: in
 def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, float]:
     import keras
 
+    from inat_keras.config import DataConfig
+    from inat_keras.data import augmentation_for_model
+
     size = args.image_size or NATIVE_SIZES[name]
-    feeds = {"pipeline": pipeline_feed(folder, size, args.batch_size, args.augment), "memory": memory_feed(size, args.batch_size)}
+    data = DataConfig(
+        image_size=size, batch_size=args.batch_size, augment=args.augment, augment_placement=args.augment_placement
+    )
+    feeds = {"pipeline": pipeline_feed(folder, data), "memory": memory_feed(size, args.batch_size)}
     rates = {}
     for feed, dataset in feeds.items():
         keras.utils.clear_session()  # it also resets the precision policy, so set it after
         keras.mixed_precision.set_global_policy("mixed_float16" if args.mixed_precision else "float32")
-        model = build(name, size)
+        model = build(name, size, augmentation_for_model(data))
         model.compile(
             optimizer=keras.optimizers.Adam(1e-3),
             loss="categorical_crossentropy",
@@ -116,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per model and feed")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (tracing, XLA compilation)")
     parser.add_argument("--images", type=int, default=256, help="generated JPEGs behind the pipeline feed")
-    parser.add_argument("--augment", action="store_true", help="include the random augmentation in the pipeline")
+    parser.add_argument("--augment", action="store_true", help="include the random augmentation")
+    parser.add_argument(
+        "--augment-placement", choices=("auto", "pipeline", "model"), default="auto",
+        help="where --augment runs: the tf.data map, or the model's first layers (auto: model with a GPU)",
+    )
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (loss scaling, float32 softmax)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here and reuse them")
@@ -126,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
+    from inat_keras.data import resolve_augment_placement
     from inat_keras.training import configure_devices
 
     configure_devices()
@@ -140,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     precision = "mixed_float16" if args.mixed_precision else "float32"
     print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
-          f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}")
+          f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}"
+          + (f" in the {resolve_augment_placement(args.augment_placement)}" if args.augment else ""))
     print(f"{'model':<18}{'size':>6}{'pipeline':>12}{'memory':>12}{'pipeline cost':>15}")
     for name, rates in results.items():
         print(f"{name:<18}{args.image_size or NATIVE_SIZES[name]:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%")

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import (
     ACTIVATIONS,
+    AUGMENT_PLACEMENTS,
     DISTRIBUTE_MODES,
     LR_SCALINGS,
     LR_SCHEDULES,
@@ -90,6 +91,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, help="seed of the split, the shuffling and the initial weights (default 42)")
     group.add_argument("--batch-size", type=int)
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop, flip, rotation, colour jitter")
+    group.add_argument(
+        "--augment-placement",
+        choices=AUGMENT_PLACEMENTS,
+        help="where --augment runs: pipeline (tf.data, CPU), model (first layers, on the GPU); auto (default): model with a GPU",
+    )
     group.add_argument("--cache", help="'memory' (default), 'none', or a file path prefix for a disk cache")
     group.add_argument("--skip-bad", action="store_true", default=None, help="train on the usable images when some are broken")
 

@@ -20,6 +20,7 @@ SWITCHES = ("auto", "on", "off")
 WANDB_MODES = ("auto", "offline", "online", "off")
 DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 LR_SCALINGS = ("linear", "sqrt", "none")
+AUGMENT_PLACEMENTS = ("auto", "pipeline", "model")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class DataConfig:
     seed: int = 42
     batch_size: int = 32
     augment: bool = False
+    # "auto" (in the model with a GPU, else in the tf.data pipeline), "pipeline" or "model".
+    augment_placement: str = "auto"
     # "memory", "none", or a file path prefix for a tf.data file cache (data larger than RAM).
     cache: str = "memory"
     skip_bad: bool = False

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .config import DataConfig
+from .config import AUGMENT_PLACEMENTS, DataConfig
 from .errors import UserError
 from .io import read_csv, write_csv
 
@@ -186,29 +186,62 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 # -- tf.data ----------------------------------------------------------------------------
 
 
-def make_augmentation(seed: int | None = None):
+AUGMENT_PREFIX = "augment_"
+
+
+def augmentation_layers(seed: int | None = None) -> list:
     """Random resized crop (zoom in + shift), horizontal flip, small rotation, colour jitter.
 
-    It runs in the tf.data map on the CPU, on training batches only, so the GPU does
-    nothing but train and the saved model holds no augmentation.
+    Keras preprocessing layers: they change images only when called with ``training=True``, so
+    the same layers serve in the tf.data map and inside a model (where inference skips them).
     """
     import keras
 
     # float32 whatever the mixed-precision policy: float16 arithmetic on a CPU is emulated (slower) and
     # rounds 0-255 pixel values.
     f32 = {"seed": seed, "dtype": "float32"}
-    return keras.Sequential(
-        [
-            keras.layers.RandomZoom(height_factor=(-0.4, 0.0), fill_mode="reflect", **f32),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", **f32),
-            keras.layers.RandomFlip("horizontal", **f32),
-            keras.layers.RandomRotation(0.04, fill_mode="reflect", **f32),
-            keras.layers.RandomColorJitter(
-                value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2, saturation_factor=0.2, **f32
-            ),
-        ],
-        name="augmentation",
-    )
+    return [
+        keras.layers.RandomZoom(height_factor=(-0.4, 0.0), fill_mode="reflect", name=f"{AUGMENT_PREFIX}zoom", **f32),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", name=f"{AUGMENT_PREFIX}translation", **f32),
+        keras.layers.RandomFlip("horizontal", name=f"{AUGMENT_PREFIX}flip", **f32),
+        keras.layers.RandomRotation(0.04, fill_mode="reflect", name=f"{AUGMENT_PREFIX}rotation", **f32),
+        keras.layers.RandomColorJitter(
+            value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2, saturation_factor=0.2,
+            name=f"{AUGMENT_PREFIX}colour", **f32,
+        ),
+    ]
+
+
+def make_augmentation(seed: int | None = None):
+    """The augmentation layers as one Sequential, for the tf.data map."""
+    import keras
+
+    return keras.Sequential(augmentation_layers(seed), name="augmentation")
+
+
+def resolve_augment_placement(placement: str) -> str:
+    """"pipeline" or "model"; "auto" puts augmentation in the model when a GPU is present.
+
+    On a GPU the warps and colour jitter take microseconds, while the CPU's tf.data map would
+    starve it (a few hundred images/s per core); on a CPU both share the same cores, and the
+    pipeline's parallel map overlaps them with training.
+    """
+    import tensorflow as tf
+
+    if placement not in AUGMENT_PLACEMENTS:
+        raise UserError(f"--augment-placement {placement}: choose one of {', '.join(AUGMENT_PLACEMENTS)}")
+    if placement != "auto":
+        return placement
+    return "model" if tf.config.list_physical_devices("GPU") else "pipeline"
+
+
+def augments_in_model(config: DataConfig) -> bool:
+    return config.augment and resolve_augment_placement(config.augment_placement) == "model"
+
+
+def augmentation_for_model(config: DataConfig) -> list | None:
+    """The layers a model builder puts after its input, or None when the pipeline augments."""
+    return augmentation_layers(config.seed) if augments_in_model(config) else None
 
 
 def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
@@ -258,7 +291,7 @@ def cached_images(files: LabelledFiles, config: DataConfig, num_classes: int, *,
 
 
 def batched(dataset, config: DataConfig, count: int, *, training: bool):
-    """[shuffle,] batch, float32, [augment,] prefetch the pairs of ``cached_images``."""
+    """[shuffle,] batch, float32, [augment unless the model does,] prefetch the pairs of ``cached_images``."""
     import tensorflow as tf
 
     if training:
@@ -266,7 +299,7 @@ def batched(dataset, config: DataConfig, count: int, *, training: bool):
     dataset = dataset.batch(config.batch_size)
     to_float = lambda images, labels: (tf.cast(images, tf.float32), labels)
     dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and config.augment:
+    if training and config.augment and not augments_in_model(config):
         augmentation = make_augmentation(config.seed)
         dataset = dataset.map(
             lambda images, labels: (augmentation(images, training=True), labels), num_parallel_calls=tf.data.AUTOTUNE

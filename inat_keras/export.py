@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import AUGMENT_PREFIX
 from .errors import UserError
 from .io import read_csv, read_json, write_json
 from .runs import TrainedModel, add_model_args, default_output_dir, image_batches, load_trained
@@ -91,23 +92,38 @@ EXPORTERS = {"savedmodel": export_savedmodel, "tflite": export_tflite, "onnx": e
 RUNNERS = {"savedmodel": run_savedmodel, "tflite": run_tflite, "onnx": run_onnx}
 
 
-def float32_model(model):
-    """The model computing in float32 (same weights).
+def is_mixed_precision(model) -> bool:
+    return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
+
+
+def serving_model(model):
+    """The model as a serving runtime should see it: float32 compute, no augmentation layers.
 
     A run trained on a GPU computes in mixed float16; TFLite's built-in interpreter cannot run
     its float16 ops (they become "Flex" TensorFlow ops), and serving runtimes expect float32.
-    The variables are float32 either way, so the weights copy unchanged.
+    The variables are float32 either way, so the weights copy unchanged. Augmentation layers
+    (``--augment-placement model``) pass images through at inference, but their random ops stay
+    in the traced graph, and tf2onnx has no converter for them: the copy leaves them out.
     """
     import keras
 
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+    mixed = is_mixed_precision(model)
+    augmented = any(layer.name.startswith(AUGMENT_PREFIX) for layer in model.layers)
+    if not (mixed or augmented):
         return model
 
     def as_float32(layer):
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
-    copy = keras.models.clone_model(model, clone_function=as_float32)
-    copy.set_weights(model.get_weights())
+    def skip_augmentation(layer, *args, **kwargs):
+        return args[0] if layer.name.startswith(AUGMENT_PREFIX) else layer(*args, **kwargs)
+
+    # Without a dtype change the layers themselves are reused: same weights, nothing to copy.
+    copy = keras.models.clone_model(
+        model, clone_function=as_float32 if mixed else (lambda layer: layer), call_function=skip_augmentation
+    )
+    if mixed:
+        copy.set_weights(model.get_weights())
     return copy
 
 
@@ -147,7 +163,7 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
     # Written beside the target and renamed, so a failed export never leaves half an artifact.
     staging = out_dir / f".partial-{path.name}"  # keeps the suffix Keras checks
     replace_existing(staging)
-    model = float32_model(trained.model)
+    model = serving_model(trained.model)
     EXPORTERS[fmt](model, staging)
     replace_existing(path)
     os.replace(staging, path)
@@ -166,7 +182,7 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
         "class_names": trained.class_names,
         "input": f"float32 [batch, {trained.image_size}, {trained.image_size}, 3], raw 0-255 RGB",
     }
-    if model is not trained.model:
+    if is_mixed_precision(trained.model):
         trained_outputs = np.asarray(trained.model(images, training=False), dtype=np.float32)
         result["float32_vs_mixed_precision_difference"] = float(np.abs(expected - trained_outputs).max())
     record_export(out_dir, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -16,18 +17,25 @@ def _activation(name: str) -> keras.layers.Layer | str:
     return name
 
 
-def build_cnn(config: CNNConfig | None = None, **overrides: Any) -> keras.Model:
+def build_cnn(
+    config: CNNConfig | None = None,
+    *,
+    augmentation: Sequence[keras.layers.Layer] | None = None,
+    **overrides: Any,
+) -> keras.Model:
     """Build the flexible CNN as a functional model taking raw 0-255 RGB images.
 
     ``build_cnn(CNNConfig(...))`` or ``build_cnn(num_blocks=4, activation="gelu")``.
-    Layers are named ``conv1``..``convN``, ``dense1``.., ``predictions``.
+    Layers are named ``conv1``..``convN``, ``dense1``.., ``predictions``. ``augmentation``
+    layers (``data.augmentation_layers``) go first: they change images in training only.
     """
     config = dataclasses.replace(config or CNNConfig(), **overrides)
     config.validate()
     regularizer = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
 
     inputs = keras.Input(shape=(config.input_size, config.input_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = apply_layers(augmentation or (), inputs)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     for index, (filters, kernel) in enumerate(zip(config.block_filters(), config.block_kernels()), start=1):
         # A bias before BatchNormalization is cancelled by its mean subtraction.
         x = keras.layers.Conv2D(
@@ -61,6 +69,13 @@ def build_cnn(config: CNNConfig | None = None, **overrides: Any) -> keras.Model:
     # float32 softmax: under mixed precision a float16 softmax loses small probabilities.
     outputs = keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="scratch_cnn")
+
+
+def apply_layers(layers: Sequence[keras.layers.Layer], x):
+    """Call ``layers`` in turn: each stays a layer of the model, which remains one flat graph."""
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 def _feature_shapes(config: CNNConfig) -> list[tuple[int, int, int, int, int]]:

@@ -124,14 +124,15 @@ ModelBuilder = Callable[[RunConfig, int], Any]
 
 def build_model(config: RunConfig, num_classes: int):
     """The model a run's config describes (scratch CNN or transfer backbone)."""
+    augmentation = data_lib.augmentation_for_model(config.data)
     if config.kind == "scratch":
         from .models import build_cnn
 
-        return build_cnn(cnn_config(config, num_classes))
+        return build_cnn(cnn_config(config, num_classes), augmentation=augmentation)
     if config.kind == "transfer":
         from .transfer import build_transfer_from_config
 
-        return build_transfer_from_config(config, num_classes)
+        return build_transfer_from_config(config, num_classes, augmentation)
     raise UserError(f"run kind {config.kind!r} in config.json: expected 'scratch' or 'transfer'")
 
 
@@ -372,6 +373,8 @@ def train_run(
     config = config_for_worker(config, distribution, resume=resume)  # only the chief writes the run directory
     run_dir = run_dir_of(config)
     resolve_data_dir(config)
+    # Recorded resolved: a resumed run then augments where its checkpointed model expects, on any machine.
+    config.data.augment_placement = data_lib.resolve_augment_placement(config.data.augment_placement)
     from .datacheck import check_before_training, record_in_run, usable_split
 
     data_report = check_before_training(config.data.data_dir, skip_bad=config.data.skip_bad, log=log)

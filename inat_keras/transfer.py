@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, TransferConfig, from_dict
+from .data import AUGMENT_PREFIX
 from .errors import UserError
 
 # Layers this module adds around a backbone; every other layer of a transfer model is the backbone's.
@@ -157,15 +158,19 @@ def build_transfer(
     input_size: int | None = None,
     dropout: float = 0.2,
     dense_units: list[int] | tuple[int, ...] = (),
+    augmentation: Sequence[Any] | None = None,
 ):
     """A ``keras.applications`` backbone with a new ``num_classes``-way head, as one flat model.
 
     ``weights``: "imagenet" (through Keras's download cache), ``None``, or a local no-top weights
     file. ``unfreeze``: 0 trains the head only, K also the top K backbone layers, "all" every
     backbone layer; BatchNormalization layers are never trained. ``input_size`` defaults to the
-    backbone's native resolution. The model takes raw 0-255 RGB images.
+    backbone's native resolution. The model takes raw 0-255 RGB images. ``augmentation`` layers
+    (``data.augmentation_layers``) go first and change images in training only.
     """
     import keras
+
+    from .models import apply_layers
 
     spec = get_backbone(backbone)
     size = input_size or spec.input_size
@@ -176,7 +181,7 @@ def build_transfer(
 
     # -- layers and graph: the backbone is built on our input tensor, so the model stays flat.
     images = keras.Input(shape=(size, size, 3), name=INPUT_NAME)
-    base = build_backbone_on(spec, preprocess(spec, images), resolve_weights(weights))
+    base = build_backbone_on(spec, preprocess(spec, apply_layers(augmentation or (), images)), resolve_weights(weights))
     x = keras.layers.GlobalAveragePooling2D(name=FEATURES_NAME)(base.output)
     x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout")(x)
     for index, units in enumerate(dense_units, start=1):
@@ -203,7 +208,7 @@ def transfer_config(config: RunConfig, num_classes: int) -> TransferConfig:
     return from_dict(TransferConfig, {**config.model, "num_classes": num_classes, "input_size": config.data.image_size})
 
 
-def build_transfer_from_config(config: RunConfig, num_classes: int):
+def build_transfer_from_config(config: RunConfig, num_classes: int, augmentation: Sequence[Any] | None = None):
     """The model of a ``transfer`` run, trainable as its final (or only) phase asks."""
     model_config = transfer_config(config, num_classes)
     return build_transfer(
@@ -214,6 +219,7 @@ def build_transfer_from_config(config: RunConfig, num_classes: int):
         input_size=model_config.input_size,
         dropout=model_config.dropout,
         dense_units=model_config.dense_units,
+        augmentation=augmentation,
     )
 
 
@@ -237,7 +243,11 @@ def parse_unfreeze(value: int | str) -> int | str:
 def is_own_layer(layer) -> bool:
     """A layer this module added (input, preprocessing, head), not one of the backbone's."""
     name = layer.name
-    return name in (INPUT_NAME, PREPROCESS_NAME, FEATURES_NAME, PREDICTIONS_NAME) or name.startswith(HEAD_PREFIX)
+    return (
+        name in (INPUT_NAME, PREPROCESS_NAME, FEATURES_NAME, PREDICTIONS_NAME)
+        or name.startswith(HEAD_PREFIX)
+        or name.startswith(AUGMENT_PREFIX)
+    )
 
 
 def backbone_layers(model) -> list:

@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from conftest import REPO
@@ -25,11 +26,14 @@ def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) 
     assert len(sides) == 12 and min(sides) >= 500 and max(sides) <= 800
 
 
-def test_the_train_step_benchmark_reports_both_feeds_and_the_pipeline_cost(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("augment", [[], ["--augment", "--augment-placement", "model"]], ids=["plain", "augment-in-model"])
+def test_the_train_step_benchmark_reports_both_feeds_and_the_pipeline_cost(tmp_path: Path, capsys, augment) -> None:
     args = ["--models", "scratch", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-            "--images", "8", "--folder", str(tmp_path / "jpegs")]
+            "--images", "8", "--folder", str(tmp_path / "jpegs"), *augment]
     assert train_step.main(args) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    output = capsys.readouterr().out.strip().splitlines()
+    assert ("augment=True in the model" in "\n".join(output)) == bool(augment)
+    last = output[-1]
     assert re.fullmatch(r"scratch_pipeline=[\d.]+ scratch_memory=[\d.]+ scratch_pipeline_cost_pct=-?[\d.]+", last), last
 
 

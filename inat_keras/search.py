@@ -359,16 +359,34 @@ def search_record(base: RunConfig, settings: SearchSettings) -> dict[str, Any]:
     return {**dataclasses.asdict(settings), "base": base_dict}
 
 
+def changed_settings(previous: Any, current: Any, name: str) -> list[str]:
+    """Each setting under ``name`` that differs, dotted, with both values: ``train.epochs was 2, now 3``."""
+    if isinstance(previous, dict) and isinstance(current, dict):
+        keys = sorted(previous.keys() | current.keys())
+        prefix = f"{name}." if name else ""
+        return [
+            change
+            for key in keys
+            for change in changed_settings(previous.get(key, "unset"), current.get(key, "unset"), prefix + key)
+        ]
+    return [] if previous == current else [f"{name} was {previous}, now {current}"]
+
+
 def record_or_check(search_dir: Path, record: dict[str, Any]) -> None:
     """Write ``search.json``, or refuse to continue a search that was asked something else."""
     path = search_dir / SETTINGS_FILE
     if path.exists():
         previous = read_json(path)
-        keys = [*COMPARED_SETTINGS, "base"]
-        changed = [key for key in keys if previous.get(key) != record[key]]
+        changed = [
+            change
+            for key in COMPARED_SETTINGS
+            for change in changed_settings(previous.get(key, "unset"), record[key], key)
+        ]
+        # The base run's settings read as their flags' sections (data, model, train), without "base.".
+        changed += changed_settings(previous.get("base", {}), record["base"], "")
         if changed:
             raise UserError(
-                f"{search_dir} holds a search with other settings ({', '.join(changed)} differ): re-run its own "
+                f"{search_dir} holds a search with other settings ({'; '.join(changed)}): re-run its own "
                 f"command to continue it, or pick another --name"
             )
     write_json(path, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,14 @@ from conftest import REPO, make_dataset_root
 from inat_keras.cli import run_main, train_scratch_main
 from inat_keras.config import RunConfig
 from inat_keras.errors import UserError
-from inat_keras.search import SCRATCH_SPACE, pinned_by_flags, resolve_space, search_command, trial_config
+from inat_keras.search import (
+    SCRATCH_SPACE,
+    pinned_by_flags,
+    record_or_check,
+    resolve_space,
+    search_command,
+    trial_config,
+)
 
 TINY_SPACE = {
     "num_blocks": 3,
@@ -205,8 +213,19 @@ def test_continuing_a_search_with_other_settings_is_refused(tmp_path, search_dat
     args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain")
     assert train_scratch_main(args) == 0
     other = [*args[:3], "bayes", *args[4:]]
-    with pytest.raises(UserError, match="holds a search with other settings \\(tuner differ"):
+    with pytest.raises(UserError, match="holds a search with other settings \\(tuner was random, now bayes\\)"):
         train_scratch_main(other)
+
+
+def test_the_refusal_names_each_changed_setting_with_both_values(tmp_path) -> None:
+    record = {"tuner": "random", "executions_per_trial": 1, "space": {"activation": ["relu", "gelu"]},
+              "base": {"train": {"epochs": 2}, "data": {"seed": 42}}}
+    record_or_check(tmp_path, record)
+    changed = {**record, "space": {"activation": ["gelu"]}, "base": {"train": {"epochs": 3}, "data": {"seed": 42}}}
+    expected = "space.activation was ['relu', 'gelu'], now ['gelu']; train.epochs was 2, now 3"
+    with pytest.raises(UserError, match=re.escape(f"other settings ({expected}): re-run its own command")):
+        record_or_check(tmp_path, changed)
+    record_or_check(tmp_path, record)  # the same settings continue
 
 
 def test_a_space_deeper_than_the_image_allows_is_refused_before_any_trial(tmp_path, search_data) -> None:

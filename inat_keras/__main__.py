@@ -27,7 +27,8 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: python -m inat_keras <command> [options]", "", "commands:"]
-    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "Run `python -m inat_keras <command> --help` for a command's options."]
     return "\n".join(lines)
 

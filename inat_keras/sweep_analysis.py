@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import UserError
 from .io import write_csv, write_json, write_text
+from .search import SEARCH_DIR
 
 OBJECTIVE = "val_accuracy"
 # A Spearman correlation weaker than this is reported as "no clear trend".
@@ -360,7 +361,7 @@ def write_analysis(search_dir: str | Path) -> Analysis:
     search_dir = Path(search_dir)
     trials, space = read_trials(search_dir)
     if not trials:
-        raise UserError(f"{search_dir} holds no trial_*/trial.json: give the search/ folder of a search run")
+        raise UserError(f"{search_dir} holds no trial_*/trial.json: give a search run (runs/<name>) or its search/ folder")
     names = hyperparameter_names(trials, space)
     moving = varying(trials, names)
     title = search_dir.parent.name
@@ -406,8 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m inat_keras sweep-analysis",
         description="Write the local sweep analysis (trials.csv, plots, importance, summary.md) of a search.",
     )
-    parser.add_argument("search_dir", help="the search/ folder of a search run, e.g. runs/scratch-search-bayes/search")
+    parser.add_argument("search_dir", help="a search run (e.g. runs/scratch-search-bayes) or its search/ folder")
     args = parser.parse_args(argv)
-    analysis = write_analysis(args.search_dir)
+    search_dir = Path(args.search_dir)
+    if not search_dir.is_dir():
+        raise UserError(f"{search_dir} does not exist: give a search run (runs/<name>) or its search/ folder")
+    if (search_dir / SEARCH_DIR).is_dir():
+        search_dir = search_dir / SEARCH_DIR
+    analysis = write_analysis(search_dir)
     print(analysis.headline)
     return 0

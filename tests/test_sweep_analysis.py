@@ -98,3 +98,12 @@ def test_the_command_redoes_the_analysis_and_refuses_a_folder_without_trials(sea
     assert "best val accuracy" in capsys.readouterr().out
     with pytest.raises(UserError, match="holds no trial_"):
         main([str(tmp_path)])
+    with pytest.raises(UserError, match="does not exist"):
+        main([str(tmp_path / "missing")])
+
+
+def test_the_command_takes_the_search_run_as_well_as_its_search_folder(search_dir: Path, capsys) -> None:
+    (search_dir / "summary.md").unlink(missing_ok=True)
+    assert main([str(search_dir.parent)]) == 0
+    assert str(search_dir) in capsys.readouterr().out
+    assert (search_dir / "summary.md").exists()

@@ -68,8 +68,11 @@ class CNNConfig:
         return [max(1, int(round(self.first_filters * self.filter_organisation**i))) for i in range(self.num_blocks)]
 
     def block_kernels(self) -> list[int]:
+        """One kernel size per block: a single size (int, or a one-item list as ``--kernel-size 3`` gives) repeats."""
         if isinstance(self.kernel_size, int):
             return [self.kernel_size] * self.num_blocks
+        if len(self.kernel_size) == 1:
+            return list(self.kernel_size) * self.num_blocks
         return list(self.kernel_size)
 
     def validate(self) -> None:

@@ -7,7 +7,9 @@ model selection. The validation set is a stratified split of ``train/``.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +103,9 @@ def _flatten(per_class: dict[str, list[str]]) -> LabelledFiles:
     return LabelledFiles(paths, labels)
 
 
-def stratified_split(files: LabelledFiles, val_fraction: float, seed: int) -> tuple[LabelledFiles, LabelledFiles]:
+def stratified_split(
+    files: LabelledFiles, val_fraction: float, seed: int, class_names: Sequence[str] = ()
+) -> tuple[LabelledFiles, LabelledFiles]:
     """Split into (train, validation) keeping class proportions; the same seed gives the same split."""
     from sklearn.model_selection import train_test_split
 
@@ -109,9 +113,11 @@ def stratified_split(files: LabelledFiles, val_fraction: float, seed: int) -> tu
         raise UserError(f"--val-split {val_fraction}: must be between 0 and 1 (e.g. 0.2)")
     counts = np.bincount(files.labels)
     if counts.min() < 2:
+        smallest = int(counts.argmin())
+        name = f"class {class_names[smallest]!r}" if class_names else f"class {smallest}"
         raise UserError(
-            f"class {int(counts.argmin())} has only {int(counts.min())} training image(s): "
-            "each class needs at least 2 to split off a validation set"
+            f"{name} has only {int(counts.min())} training image(s): "
+            "each class needs at least 2 to split off a validation set; add images or remove the class"
         )
     num_val = max(int(round(len(files) * val_fraction)), len(counts))
     if len(files) - num_val < len(counts):
@@ -125,7 +131,7 @@ def stratified_split(files: LabelledFiles, val_fraction: float, seed: int) -> tu
 
 def make_split(config: DataConfig, exclude: frozenset[str] = frozenset()) -> DatasetSplit:
     class_names, train_files, test_files = discover_dataset(config.data_dir, exclude)
-    train, validation = stratified_split(train_files, config.val_split, config.seed)
+    train, validation = stratified_split(train_files, config.val_split, config.seed, class_names)
     return DatasetSplit(class_names, train, validation, test_files)
 
 
@@ -286,8 +292,20 @@ def cached_images(files: LabelledFiles, config: DataConfig, num_classes: int, *,
         dataset = dataset.cache()
     elif config.cache != "none":
         Path(config.cache).parent.mkdir(parents=True, exist_ok=True)
-        dataset = dataset.cache(f"{config.cache}{cache_name}")
+        dataset = dataset.cache(f"{config.cache}{cache_name}-{cache_key(files, config.image_size, num_classes)}")
     return dataset
+
+
+def cache_key(files: LabelledFiles, image_size: int, num_classes: int) -> str:
+    """Names a file cache after what it holds: another size, split, seed or dataset gets its own files.
+
+    tf.data reads a file cache by name alone; reusing one written for other images would feed the
+    wrong pixels or fail mid-epoch on a shape mismatch.
+    """
+    digest = hashlib.sha256(f"{image_size}\n{num_classes}\n".encode())
+    for path, label in zip(files.paths, files.labels):
+        digest.update(f"{path}\t{label}\n".encode())
+    return f"{image_size}px-{digest.hexdigest()[:12]}"
 
 
 def batched(dataset, config: DataConfig, count: int, *, training: bool):

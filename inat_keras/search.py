@@ -372,6 +372,19 @@ def changed_settings(previous: Any, current: Any, name: str) -> list[str]:
     return [] if previous == current else [f"{name} was {previous}, now {current}"]
 
 
+def with_defaults(base: dict[str, Any]) -> dict[str, Any]:
+    """A recorded base config as this version records it: settings added since take their defaults.
+
+    So a search started before a new setting existed continues, unless the new setting was asked for.
+    """
+    try:
+        filled = RunConfig.from_dict(base).to_dict()
+    except (UserError, TypeError, ValueError, KeyError):  # not a whole config, or a setting since removed: as recorded
+        return base
+    filled.pop("tracking", None)
+    return filled
+
+
 def record_or_check(search_dir: Path, record: dict[str, Any]) -> None:
     """Write ``search.json``, or refuse to continue a search that was asked something else."""
     path = search_dir / SETTINGS_FILE
@@ -383,7 +396,7 @@ def record_or_check(search_dir: Path, record: dict[str, Any]) -> None:
             for change in changed_settings(previous.get(key, "unset"), record[key], key)
         ]
         # The base run's settings read as their flags' sections (data, model, train), without "base.".
-        changed += changed_settings(previous.get("base", {}), record["base"], "")
+        changed += changed_settings(with_defaults(previous.get("base", {})), with_defaults(record["base"]), "")
         if changed:
             raise UserError(
                 f"{search_dir} holds a search with other settings ({'; '.join(changed)}): re-run its own "

@@ -337,7 +337,8 @@ def new_state() -> dict[str, Any]:
 def write_history(run_dir: Path, history: list[dict[str, float]], title: str) -> None:
     from .plots import plot_curves
 
-    columns = list(dict.fromkeys(key for row in history for key in row))
+    # state.json stores rows with sorted keys; a resumed run's history still starts with the epoch.
+    columns = list(dict.fromkeys(["epoch", *(key for row in history for key in row)]))
     write_csv(run_dir / HISTORY_FILE, columns, ([row.get(c, "") for c in columns] for row in history))
     plot_curves(history, run_dir / "curves.png", title=title)
 

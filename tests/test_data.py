@@ -41,6 +41,8 @@ def test_split_is_stratified_and_deterministic_for_a_seed() -> None:
 def test_a_class_with_one_image_cannot_be_split() -> None:
     with pytest.raises(UserError, match="class 1 has only 1 training image"):
         stratified_split(labelled([5, 1]), 0.2, seed=0)
+    with pytest.raises(UserError, match="class 'owl' has only 1 training image.*add images or remove the class"):
+        stratified_split(labelled([5, 1]), 0.2, seed=0, class_names=["fox", "owl"])
 
 
 def test_split_csv_round_trips_every_image_with_its_subset(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -135,11 +137,26 @@ def test_augmentation_changes_training_images_only(tiny_dataset: Path) -> None:
     assert train_a.shape == train_b.shape and not np.allclose(np.sort(train_a.ravel()), np.sort(train_b.ravel()))
 
 
-def test_file_cache_writes_cache_files(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_file_cache_is_reused_for_the_same_images_and_never_for_others(tiny_dataset: Path, tmp_path: Path) -> None:
     config = DataConfig(data_dir=str(tiny_dataset), image_size=32, cache=str(tmp_path / "cache" / "imgs"))
     split = make_split(config)
-    list(make_dataset(split.test, config, 3, training=False, cache_name="test"))
-    assert any(p.name.startswith("imgstest") for p in (tmp_path / "cache").iterdir())
+
+    def cache_files() -> set[str]:
+        return {p.name.split(".")[0] for p in (tmp_path / "cache").iterdir()}
+
+    first = [b[0].numpy() for b in make_dataset(split.test, config, 3, training=False, cache_name="test")]
+    written = cache_files()
+    assert written and all(name.startswith("imgstest-32px-") for name in written)
+    again = [b[0].numpy() for b in make_dataset(split.test, config, 3, training=False, cache_name="test")]
+    assert cache_files() == written  # the same images: the same files, read back
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate(first))
+
+    # Same prefix, another size or another split: new files, the right shapes, no mismatch mid-epoch.
+    bigger = DataConfig(**{**config.__dict__, "image_size": 40})
+    assert next(iter(make_dataset(split.test, bigger, 3, training=False, cache_name="test")))[0].shape[1:] == (40, 40, 3)
+    reseeded = make_split(DataConfig(**{**config.__dict__, "seed": 7}))
+    list(make_dataset(reseeded.train, config, 3, training=False, cache_name="test"))
+    assert len(cache_files()) == 3
 
 
 def test_demo_writer_produces_the_real_digits_in_train_and_val_folders(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ def test_a_run_killed_twice_resumes_to_exactly_the_requested_epochs(tiny_dataset
     with open(run / "history.csv") as handle:
         history = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]
+    assert list(history[0])[:2] == ["epoch", "accuracy"]  # the column order of an uninterrupted run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 6 and 1 <= metrics["best_epoch"] <= 6
     state = json.loads((run / "checkpoint" / "state.json").read_text())

@@ -90,3 +90,15 @@ def test_bad_settings_raise_one_line_user_errors(overrides, message) -> None:
     with pytest.raises(UserError, match=message) as caught:
         build_cnn(**overrides)
     assert "\n" not in str(caught.value)
+
+
+def test_one_kernel_size_given_as_a_list_applies_to_every_block() -> None:
+    from inat_keras.cli import int_list
+
+    config = CNNConfig(input_size=32, num_blocks=3, kernel_size=int_list("5"))  # what --kernel-size 5 parses to
+    assert config.block_kernels() == [5, 5, 5]
+    model = build_cnn(config)
+    assert [model.get_layer(f"conv{i}").kernel_size for i in (1, 2, 3)] == [(5, 5)] * 3
+    assert count_params(config) == model.count_params()
+    with pytest.raises(UserError, match="give one value or one per conv block"):
+        build_cnn(CNNConfig(input_size=32, num_blocks=3, kernel_size=[3, 5]))

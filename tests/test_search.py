@@ -228,6 +228,20 @@ def test_the_refusal_names_each_changed_setting_with_both_values(tmp_path) -> No
     record_or_check(tmp_path, record)  # the same settings continue
 
 
+def test_a_search_recorded_before_a_setting_existed_continues_with_its_default(tmp_path) -> None:
+    from inat_keras.config import RunConfig
+
+    base = RunConfig(name="s").to_dict()
+    base.pop("tracking")
+    record = {"tuner": "random", "executions_per_trial": 1, "space": {}, "base": base}
+    older = {**record, "base": {**base, "data": {k: v for k, v in base["data"].items() if k != "augment_placement"}}}
+    record_or_check(tmp_path, older)
+    record_or_check(tmp_path, record)  # the new setting at its default: the same search
+    asked = {**record, "base": {**base, "data": {**base["data"], "augment_placement": "model"}}}
+    with pytest.raises(UserError, match="data.augment_placement was auto, now model"):
+        record_or_check(tmp_path, asked)
+
+
 def test_a_space_deeper_than_the_image_allows_is_refused_before_any_trial(tmp_path, search_data) -> None:
     args = search_args(tmp_path, search_data, "random", space={"num_blocks": [3, 6]})
     with pytest.raises(UserError, match="search space: --image-size 32 is too small for 6 pooling blocks"):

@@ -32,7 +32,10 @@ class PredictionReport:
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """Files as given, folders searched recursively for image files; missing paths are failures."""
+    """Files as given, folders searched recursively for image files; missing paths are failures.
+
+    A file reached twice (named and inside a named folder, or two overlapping folders) counts once.
+    """
     paths, failures = [], []
     for item in inputs:
         path = Path(item)
@@ -51,7 +54,10 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]
             paths.append(item)
         else:
             failures.append({"path": item, "error": "no such file or folder"})
-    return paths, failures
+    first_named = {}
+    for item in paths:
+        first_named.setdefault(os.path.realpath(item), item)
+    return list(first_named.values()), failures
 
 
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:

@@ -106,3 +106,15 @@ def test_a_bare_keras_file_needs_class_names_and_uses_the_given_ones(scratch_run
     run_names = load_trained(scratch_run).class_names
     expected_index = run_names.index(direct_top(scratch_run, mixed_inputs["good"][0])[0][0])
     assert report.results[0]["predictions"][0]["class"] == names[expected_index]
+
+
+def test_a_file_named_and_inside_a_named_folder_is_predicted_once(scratch_run, mixed_inputs, capsys):
+    from inat_keras.prediction import main
+
+    photos = mixed_inputs["inputs"][0]
+    again = [*mixed_inputs["good"], f"{photos}/page.jpg", photos, f"{photos}/deeper"]
+    assert main([str(scratch_run), *again, "--csv"]) == 1
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    assert sorted({row["path"] for row in rows}) == mixed_inputs["good"] and len(rows) == 3 * len(mixed_inputs["good"])
+    assert sum("page.jpg" in line for line in captured.err.splitlines()) == 1

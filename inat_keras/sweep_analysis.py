@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -327,7 +328,7 @@ def summary_text(title: str, trials: list[TrialRecord], names: list[str], rows: 
     lines += [
         f"Best validation accuracy **{best.accuracy:.4f}** (trial {best.trial_id}"
         + (f", {seconds:.0f} s" if seconds is not None else "")
-        + f"); the median completed trial reached {done[len(done) // 2].accuracy:.4f}.",
+        + f"); the median of the completed trials is {statistics.median(t.accuracy for t in done):.4f}.",
         "",
         "## Best trials",
         "",

@@ -84,6 +84,28 @@ def test_the_summary_is_written_from_the_numbers(search_dir: Path) -> None:
     assert best_trials.index("| 09 |") < best_trials.index("| 07 |")
 
 
+def test_the_summary_gives_the_median_of_an_even_number_of_trials(search_dir: Path) -> None:
+    analysis = write_analysis(search_dir)
+    accuracy = sorted(t.accuracy for t in analysis.trials if t.completed)
+    median = (accuracy[4] + accuracy[5]) / 2  # ten completed trials: between the fifth and the sixth
+    assert f"the median of the completed trials is {median:.4f}" in (search_dir / "summary.md").read_text()
+
+
+def test_the_summary_follows_the_numbers_when_they_point_the_other_way(tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    for i in range(6):  # relu and a lower learning rate win this time
+        activation = "relu" if i % 2 else "gelu"
+        learning_rate = 1e-2 / 10 ** (2 * i / 5)
+        accuracy = 0.4 + 0.2 * (activation == "relu") + 0.05 * i
+        values = {"activation": activation, "learning_rate": learning_rate, "batch_norm": True, "num_blocks": 5}
+        save_trial(folder, f"{i:02d}", values, "COMPLETED", {"val_accuracy": accuracy, "trial_start": 1.8e9 + i})
+    write_analysis(folder)
+    summary = (folder / "summary.md").read_text()
+    assert "relu went with the highest" in summary and "gelu went with the highest" not in summary
+    assert "**learning_rate**" in summary and "lower values went with higher accuracy" in summary
+    assert "6 trials: 6 completed" in summary and "trial 05" in summary and "hints, not conclusions" in summary
+
+
 def test_a_search_without_completed_trials_still_gets_its_files(tmp_path: Path) -> None:
     folder = tmp_path / "search"
     save_trial(folder, "0", {"activation": "relu", "learning_rate": 1e-3, "batch_norm": True, "num_blocks": 5}, "RUNNING")

@@ -476,9 +476,11 @@ def make_hypermodel_class(kt) -> type:
             self.executions: dict[str, int] = {}
 
         def build(self, hp):
-            from .training import build_model, compile_model
+            from .training import build_model, compile_model, set_precision
 
             config = trial_config(self.base, declare(hp, self.space, self.base))
+            # KerasTuner clears the Keras session before each build, which resets the precision policy.
+            set_precision(config.train.mixed_precision)
             model = build_model(config, self.num_classes)
             compile_model(model, config, steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
             return model
@@ -660,7 +662,7 @@ def run_search(
 
     from . import data as data_lib
     from .datacheck import check_before_training
-    from .training import configure_devices, resolve_data_dir, run_dir_of, set_precision, train_run
+    from .training import configure_devices, resolve_data_dir, run_dir_of, train_run
 
     settings.validate()
     base.train.validate()
@@ -681,7 +683,6 @@ def run_search(
         record_or_check(search_dir, search_record(base, settings))
 
     keras.utils.set_random_seed(base.data.seed)
-    set_precision(base.train.mixed_precision)
     hypermodel = tuner_classes()["hypermodel"](base, settings.space, split, search_dir)
     tuner = make_tuner(base, settings, hypermodel, search_dir)
     if role == "chief":

@@ -209,6 +209,30 @@ def test_trial_values_become_an_ordinary_run_config() -> None:
     assert base.model == {"num_blocks": 5}  # the base is left alone
 
 
+def test_each_trial_model_is_built_in_the_runs_precision_after_keras_tuner_clears_the_session(tmp_path) -> None:
+    import types
+
+    import keras
+    import keras_tuner
+
+    from inat_keras.config import DataConfig, TrainConfig
+    from inat_keras.search import tuner_classes
+
+    base = RunConfig(
+        name="s", data=DataConfig(image_size=32), model={"num_blocks": 2, "first_filters": 4, "dense_units": [8]},
+        train=TrainConfig(mixed_precision="on"),
+    )
+    split = types.SimpleNamespace(class_names=["a", "b", "c"], train=[None] * 8)
+    hypermodel = tuner_classes()["hypermodel"](base, {"activation": ["relu", "gelu"]}, split, tmp_path)
+    try:
+        keras.utils.clear_session()  # what KerasTuner does before every build: the policy is back to float32
+        model = hypermodel.build(keras_tuner.HyperParameters())
+        assert model.get_layer("conv1").compute_dtype == "float16"
+        assert model.get_layer("predictions").compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_continuing_a_search_with_other_settings_is_refused(tmp_path, search_data) -> None:
     args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain")
     assert train_scratch_main(args) == 0

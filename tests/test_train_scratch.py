@@ -63,7 +63,12 @@ def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: 
     raw = np.asarray(Image.open(rows[0]["path"]).convert("RGB").resize((32, 32)), dtype="float32")[None]
     assert model.predict(raw, verbose=0).shape == (1, 3)
 
-    assert list((run / "wandb").glob("offline-run-*")), "offline W&B run stored under the run directory"
+    offline_logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline_logs) == 1, "one offline W&B run stored under the run directory"
+    # The log is protobuf records: field names are stored as they are, so the config and metrics show.
+    log = offline_logs[0].read_bytes()
+    assert b"image_size" in log and b"num_blocks" in log, "the run's config went to W&B"
+    assert b"epoch/val_accuracy" in log and b"epoch/loss" in log, "WandbMetricsLogger logged every epoch"
     assert "wandb sync" in result.stdout
     assert not list(run.glob("checkpoint/*.keras")), "the resume checkpoint is removed once the run finished"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from inat_keras.errors import UserError
-from trained_runs import split_test_images, tiny_scratch_run
+from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 
 @pytest.fixture(scope="session")
@@ -34,12 +34,13 @@ def mixed_inputs(scratch_run: Path, tmp_path: Path) -> dict[str, list[str]]:
             "bad": [str(photos / "page.jpg"), str(photos / "empty.png"), str(tmp_path / "missing.jpg")]}
 
 
-def direct_top(scratch_run: Path, path: str) -> list[tuple[str, float]]:
+def direct_top(run: Path, path: str) -> list[tuple[str, float]]:
     from inat_keras.data import load_image
     from inat_keras.runs import load_trained
 
-    trained = load_trained(scratch_run)
-    probabilities = np.asarray(trained.model(load_image(path, 32)[None].astype(np.float32), training=False))[0]
+    trained = load_trained(run)
+    image = load_image(path, trained.image_size)[None].astype(np.float32)
+    probabilities = np.asarray(trained.model(image, training=False))[0]
     order = np.argsort(-probabilities)
     return [(trained.class_names[i], float(probabilities[i])) for i in order]
 
@@ -118,3 +119,17 @@ def test_a_file_named_and_inside_a_named_folder_is_predicted_once(scratch_run, m
     rows = list(csv.DictReader(io.StringIO(captured.out)))
     assert sorted({row["path"] for row in rows}) == mixed_inputs["good"] and len(rows) == 3 * len(mixed_inputs["good"])
     assert sum("page.jpg" in line for line in captured.err.splitlines()) == 1
+
+
+def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch_run, mixed_inputs, tmp_path_factory, capsys):
+    from inat_keras.prediction import main
+
+    transfer_run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
+    assert main([str(transfer_run), *mixed_inputs["inputs"], "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(r["path"] for r in report["results"]) == mixed_inputs["good"]
+    assert sorted(e["path"] for e in report["errors"]) == sorted(mixed_inputs["bad"])
+    for result in report["results"]:
+        expected = direct_top(transfer_run, result["path"])[:3]
+        assert [p["class"] for p in result["predictions"]] == [name for name, _ in expected]
+        np.testing.assert_allclose([p["probability"] for p in result["predictions"]], [p for _, p in expected], rtol=1e-4, atol=1e-6)

@@ -96,6 +96,11 @@ def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, sea
     for trial in ("0", "1"):
         runs = list((search_dir / f"trial_{trial}" / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, f"trial {trial}: {runs}"
+        # The log is protobuf records, whose strings are stored as they are.
+        log = next(runs[0].glob("run-*.wandb")).read_bytes()
+        assert f"s-trial-{trial}".encode() in log, "each W&B run named after its trial"
+        assert b"kernel_size_1" in log and b"learning_rate" in log, "the trial's hyperparameters as its config"
+        assert b"epoch/val_accuracy" in log, "per-epoch metrics"
     rows = read_rows(search_dir / "trials.csv")
     assert len(rows) == 2
     assert {"kernel_size_1", "kernel_size_2", "kernel_size_3"} <= set(rows[0])

@@ -9,6 +9,7 @@ Every file is written to a temporary name and renamed, so a kill never leaves ha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -134,6 +135,22 @@ def build_model(config: RunConfig, num_classes: int):
 
         return build_transfer_from_config(config, num_classes, augmentation)
     raise UserError(f"run kind {config.kind!r} in config.json: expected 'scratch' or 'transfer'")
+
+
+def complete_model_settings(config: RunConfig, num_classes: int) -> dict[str, Any]:
+    """Every model setting, defaults included: config.json then rebuilds the run whatever later defaults become.
+
+    The class count and input size are left out: they come from the data (class folders, --image-size).
+    """
+    if config.kind == "transfer":
+        from .transfer import transfer_config
+
+        settings = dataclasses.asdict(transfer_config(config, num_classes))
+    else:
+        settings = dataclasses.asdict(cnn_config(config, num_classes))
+    for derived in ("num_classes", "input_size"):
+        settings.pop(derived)
+    return settings
 
 
 def model_counts(config: RunConfig, model, num_classes: int) -> dict[str, int]:
@@ -401,6 +418,7 @@ def train_run(
         log(f"{run_dir} already finished: nothing to resume")
         return RunResult(run_dir, read_json(run_dir / METRICS_FILE))
     if not resume:
+        config.model = complete_model_settings(config, num_classes)
         write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
         data_lib.save_split(split, run_dir)
 
@@ -495,7 +513,13 @@ def train_run(
             )
         )
 
-    metrics = {**evaluate_best(run_dir, split, config, num_classes, state, counts), "distribution": scaling}
+    metrics = {
+        **evaluate_best(run_dir, split, config, num_classes, state, counts),
+        "distribution": scaling,
+        # What "auto" became on this machine.
+        "precision_policy": policy,
+        "jit_compile": resolve_jit(config.train.jit_compile),
+    }
     with failed_writes_as_user_errors(run_dir):
         write_json(run_dir / METRICS_FILE, metrics)
         state["finished"] = True

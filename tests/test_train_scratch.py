@@ -39,6 +39,13 @@ def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: 
 
     config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
     assert config.data.image_size == 32 and config.model["num_blocks"] == 3 and config.train.lr_schedule == "cosine"
+    # Every model setting, defaults included, so a later change of a default cannot change the rebuilt run.
+    from dataclasses import fields
+
+    from inat_keras import CNNConfig
+
+    assert set(config.model) == {f.name for f in fields(CNNConfig)} - {"num_classes", "input_size"}
+    assert config.model["first_filters"] == 8 and config.model["activation"] == CNNConfig.activation
 
     with open(run / "split.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -52,7 +59,12 @@ def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: 
     for key in ("test_accuracy", "val_accuracy", "num_params", "macs", "epochs_run", "train_seconds", "train_images_per_second"):
         assert key in metrics, key
     assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    from inat_keras import CNNConfig, count_params
+    from inat_keras import count_params
+    from inat_keras.training import gpu_available
+
+    # What --mixed-precision auto and --jit-compile auto became on this machine.
+    assert metrics["precision_policy"] == ("mixed_float16" if gpu_available() else "float32")
+    assert metrics["jit_compile"] is gpu_available()
 
     assert metrics["num_params"] == count_params(CNNConfig(**{**config.model, "num_classes": 3, "input_size": 32}))
 

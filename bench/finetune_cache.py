@@ -50,14 +50,14 @@ def timed_run(config) -> tuple[float, float]:
     return time.perf_counter() - start, result.metrics["val_accuracy"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="mobilenetv2")
     parser.add_argument("--data", help="dataset root (default: the embedded digits demo)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as out:
         # Every-epoch first, so any first-use cost (demo data written, data check) is not the cache's gain.
@@ -67,7 +67,8 @@ def main() -> None:
     print(f"  every epoch through the backbone: {every_epoch:7.1f} s  (best val accuracy {every_val:.3f})")
     print(f"  features cached once:             {cached:7.1f} s  (best val accuracy {cached_val:.3f})")
     print(f"cached_seconds={cached:.1f} every_epoch_seconds={every_epoch:.1f} speedup={every_epoch / cached:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

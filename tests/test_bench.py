@@ -13,6 +13,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
+import finetune_cache  # noqa: E402  (bench/finetune_cache.py)
 import pipeline  # noqa: E402  (bench/pipeline.py)
 import train_step  # noqa: E402  (bench/train_step.py)
 
@@ -49,3 +50,13 @@ def test_augmentation_stays_float32_under_mixed_precision() -> None:
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert augmented.dtype == "float32"
+
+
+def test_the_feature_cache_benchmark_times_both_runs_and_ends_with_their_ratio(tiny_dataset: Path, capsys) -> None:
+    args = ["--data", str(tiny_dataset), "--image-size", "32", "--batch-size", "8", "--epochs", "2"]
+    assert finetune_cache.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"cached_seconds=([\d.]+) every_epoch_seconds=([\d.]+) speedup=([\d.]+)", last)
+    assert match, last
+    cached, every_epoch, speedup = map(float, match.groups())
+    assert cached > 0 and every_epoch > 0 and speedup == pytest.approx(every_epoch / cached, abs=0.02 * speedup + 0.01)

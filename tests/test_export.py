@@ -10,7 +10,7 @@ import pytest
 
 from inat_keras.errors import UserError
 from inat_keras.io import read_json
-from trained_runs import split_test_images, tiny_scratch_run
+from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +71,17 @@ def test_each_export_round_trips_within_tolerance(scratch_run, batch, tmp_path, 
     assert np.abs(reload(path, images) - expected).max() < 1e-4
     assert read_json(tmp_path / "export.json")[fmt]["max_abs_difference"] == result["max_abs_difference"]
     assert not list(tmp_path.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
+def test_a_transfer_model_exports_and_round_trips_too(tmp_path_factory, tmp_path, fmt) -> None:
+    from inat_keras.export import export_model
+    from inat_keras.runs import load_trained
+
+    trained = load_trained(tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained"))
+    result = export_model(trained, fmt, tmp_path)
+    assert result["checked_images"] > 1 and result["input"].startswith("float32 [batch, 64, 64, 3]")
+    assert result["max_abs_difference"] < 1e-4 and result["same_top1"]
 
 
 def test_the_cli_prints_the_file_its_size_and_the_difference(scratch_run, tmp_path, capsys):

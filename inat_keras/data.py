@@ -218,6 +218,10 @@ def augmentation_layers(seed: int | None = None) -> list:
     ]
 
 
+def is_augmentation_layer(layer) -> bool:
+    return layer.name.startswith(AUGMENT_PREFIX)
+
+
 def make_augmentation(seed: int | None = None):
     """The augmentation layers as one Sequential, for the tf.data map."""
     import keras
@@ -232,13 +236,13 @@ def resolve_augment_placement(placement: str) -> str:
     starve it (a few hundred images/s per core); on a CPU both share the same cores, and the
     pipeline's parallel map overlaps them with training.
     """
-    import tensorflow as tf
+    from .training import gpu_available
 
     if placement not in AUGMENT_PLACEMENTS:
         raise UserError(f"--augment-placement {placement}: choose one of {', '.join(AUGMENT_PLACEMENTS)}")
     if placement != "auto":
         return placement
-    return "model" if tf.config.list_physical_devices("GPU") else "pipeline"
+    return "model" if gpu_available() else "pipeline"
 
 
 def augments_in_model(config: DataConfig) -> bool:

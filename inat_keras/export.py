@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import AUGMENT_PREFIX
+from .data import is_augmentation_layer
 from .errors import UserError
 from .io import read_csv, read_json, write_json
 from .runs import TrainedModel, add_model_args, default_output_dir, image_batches, load_trained
@@ -108,7 +108,7 @@ def serving_model(model):
     import keras
 
     mixed = is_mixed_precision(model)
-    augmented = any(layer.name.startswith(AUGMENT_PREFIX) for layer in model.layers)
+    augmented = any(is_augmentation_layer(layer) for layer in model.layers)
     if not (mixed or augmented):
         return model
 
@@ -116,7 +116,7 @@ def serving_model(model):
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
     def skip_augmentation(layer, *args, **kwargs):
-        return args[0] if layer.name.startswith(AUGMENT_PREFIX) else layer(*args, **kwargs)
+        return args[0] if is_augmentation_layer(layer) else layer(*args, **kwargs)
 
     # Without a dtype change the layers themselves are reused: same weights, nothing to copy.
     copy = keras.models.clone_model(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, TransferConfig, from_dict
-from .data import AUGMENT_PREFIX
+from .data import is_augmentation_layer
 from .errors import UserError
 
 # Layers this module adds around a backbone; every other layer of a transfer model is the backbone's.
@@ -246,7 +246,7 @@ def is_own_layer(layer) -> bool:
     return (
         name in (INPUT_NAME, PREPROCESS_NAME, FEATURES_NAME, PREDICTIONS_NAME)
         or name.startswith(HEAD_PREFIX)
-        or name.startswith(AUGMENT_PREFIX)
+        or is_augmentation_layer(layer)
     )
 
 

@@ -125,6 +125,25 @@ def test_pipeline_yields_float_batches_in_0_255_with_one_hot_labels(tiny_dataset
     assert sum(int(b[0].shape[0]) for b in batches) == len(split.train)
 
 
+def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_path: Path, monkeypatch) -> None:
+    from inat_keras import data
+
+    monkeypatch.setattr(data, "DECODE_CHUNK", 4)  # 11 files: chunks of 4, 4 and 3
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"img_{i:02d}.png"
+        Image.fromarray(np.full((20 + i, 30, 3), 20 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    labels = [i % 3 for i in range(11)]
+    pairs = list(data.decoded_images(data.LabelledFiles(paths, labels), 16, 3))
+    assert len(pairs) == 11
+    for path, label, (image, one_hot) in zip(paths, labels, pairs):
+        np.testing.assert_array_equal(image.numpy(), load_image(path, 16))
+        assert int(np.argmax(one_hot.numpy())) == label
+    np.testing.assert_array_equal(data.load_images(paths[:5], 16), np.stack([load_image(p, 16) for p in paths[:5]]))
+    assert data.load_images([], 16).shape == (0, 16, 16, 3)
+
+
 def test_augmentation_changes_training_images_only(tiny_dataset: Path) -> None:
     config = DataConfig(data_dir=str(tiny_dataset), image_size=32, batch_size=64, augment=True, seed=1)
     split = make_split(config)

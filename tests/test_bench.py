@@ -20,8 +20,15 @@ import train_step  # noqa: E402  (bench/train_step.py)
 
 def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "jpegs"
-    assert pipeline.main(["--images", "12", "--classes", "3", "--image-size", "32", "--batch-size", "4", "--folder", str(folder)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    args = ["--images", "12", "--classes", "3", "--image-size", "32", "--batch-size", "4", "--rounds", "2", "--folder", str(folder)]
+    assert pipeline.main(args) == 0
+    output = capsys.readouterr().out.strip().splitlines()
+    assert sum(line.startswith("round ") for line in output) == 2
+    ceiling = re.search(r"any pipeline that decodes these JPEGs with libjpeg-turbo: (\d+\.\d\d)x", "\n".join(output))
+    assert ceiling and float(ceiling.group(1)) > 0
+    quality = re.search(r"PSNR .*: baseline (\d+\.\d) dB, ours (\d+\.\d) dB", "\n".join(output))
+    assert quality and min(float(quality.group(1)), float(quality.group(2))) > 15
+    last = output[-1]
     assert re.fullmatch(r"pipeline_speedup_first_epoch=\d+\.\d\d pipeline_speedup_later_epochs=\d+\.\d\d", last), last
     sides = [max(Image.open(path).size) for path in folder.glob("*/*.jpg")]
     assert len(sides) == 12 and min(sides) >= 500 and max(sides) <= 800

@@ -313,7 +313,9 @@ def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
     paths = tf.constant(files.paths, dtype=tf.string)
     labels = tf.constant(files.labels, dtype=tf.int32)
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).batch(DECODE_CHUNK)
-    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    # unbatch() forgets the length; Keras needs it for the first epoch's progress bar and step count.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(files)))
 
 
 def make_dataset(

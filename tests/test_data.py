@@ -123,6 +123,7 @@ def test_pipeline_yields_float_batches_in_0_255_with_one_hot_labels(tiny_dataset
     assert float(images.numpy().max()) > 1.0  # raw 0-255: normalisation is the model's job
     np.testing.assert_array_equal(labels.numpy().sum(axis=1), 1.0)
     assert sum(int(b[0].shape[0]) for b in batches) == len(split.train)
+    assert int(dataset.cardinality()) == len(batches)
 
 
 def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_path: Path, monkeypatch) -> None:
@@ -135,7 +136,9 @@ def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_
         Image.fromarray(np.full((20 + i, 30, 3), 20 * i, np.uint8)).save(path)
         paths.append(str(path))
     labels = [i % 3 for i in range(11)]
-    pairs = list(data.decoded_images(data.LabelledFiles(paths, labels), 16, 3))
+    decoded = data.decoded_images(data.LabelledFiles(paths, labels), 16, 3)
+    assert int(decoded.cardinality()) == 11  # known, so Keras counts the first epoch's steps
+    pairs = list(decoded)
     assert len(pairs) == 11
     for path, label, (image, one_hot) in zip(paths, labels, pairs):
         np.testing.assert_array_equal(image.numpy(), load_image(path, 16))

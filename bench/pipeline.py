@@ -123,6 +123,17 @@ class Measured:
         self.later.append(sum(p[0] for p in passes[1:]) / sum(p[1] for p in passes[1:]))
 
 
+def sample_paths(root: Path, count: int) -> list[str]:
+    return sorted(str(p) for p in root.glob("class_*/*.jpg"))[:count]
+
+
+def baseline_image(path: str, image_size: int):
+    """One image as the baseline makes it: full-size decode, bilinear resize without antialiasing, float32."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), (image_size, image_size))
+
+
 def per_image_ms(paths: list[str], decode) -> float:
     """Single-thread milliseconds per image of ``decode(path)``, the best of three passes."""
     best = float("inf")
@@ -138,26 +149,22 @@ def decode_floor(root: Path, image_size: int, count: int = 100) -> dict[str, flo
     """What one image costs one core, eagerly: the baseline's work, ours, and the decode no JPEG path avoids.
 
     libjpeg-turbo entropy-decodes every coefficient of the file whatever the output scale; a reduced DCT
-    scale only saves the inverse transform and colour conversion. So the baseline's cost over the
-    reduced-scale decode alone bounds the first-epoch speed-up any JPEG pipeline can reach on the same cores.
+    scale only saves the inverse transform and colour conversion. So the baseline's CPU cost per image
+    in tf.data over the reduced-scale decode alone bounds the first-epoch speed-up any JPEG pipeline can
+    reach on the same cores.
     """
-    import tensorflow as tf
     from PIL import Image
 
     from inat_keras.data import load_image
-
-    paths = sorted(str(p) for p in root.glob("class_*/*.jpg"))[:count]
-
-    def baseline_work(path: str):
-        return tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), (image_size, image_size))
 
     def reduced_scale_decode(path: str):
         with Image.open(path) as image:
             image.draft("RGB", (image_size, image_size))
             image.load()
 
+    paths = sample_paths(root, count)
     return {
-        "baseline decode + resize": per_image_ms(paths, baseline_work),
+        "baseline decode + resize": per_image_ms(paths, lambda path: baseline_image(path, image_size)),
         "ours (load_image)": per_image_ms(paths, lambda path: load_image(path, image_size)),
         "reduced-scale decode alone": per_image_ms(paths, reduced_scale_decode),
     }
@@ -165,7 +172,6 @@ def decode_floor(root: Path, image_size: int, count: int = 100) -> dict[str, flo
 
 def resize_quality(root: Path, image_size: int, count: int = 50) -> dict[str, float]:
     """Mean PSNR (dB) of each pipeline's images against a Lanczos resize of the full-size decode."""
-    import tensorflow as tf
     from PIL import Image
 
     from inat_keras.data import load_image
@@ -175,11 +181,11 @@ def resize_quality(root: Path, image_size: int, count: int = 50) -> dict[str, fl
         return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
     scores: dict[str, list[float]] = {"baseline": [], "ours": []}
-    for path in sorted(str(p) for p in root.glob("class_*/*.jpg"))[:count]:
+    for path in sample_paths(root, count):
         with Image.open(path) as image:
             reference = np.asarray(image.convert("RGB").resize((image_size, image_size), Image.Resampling.LANCZOS))
-        baseline_image = tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), (image_size, image_size))
-        scores["baseline"].append(psnr(reference, np.clip(np.round(baseline_image.numpy()), 0, 255)))
+        baseline_pixels = np.clip(np.round(baseline_image(path, image_size).numpy()), 0, 255)
+        scores["baseline"].append(psnr(reference, baseline_pixels))
         scores["ours"].append(psnr(reference, load_image(path, image_size)))
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
@@ -246,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline_speedup_later_epochs={median(ours_.later) / median(base.later):.2f}"
     )
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

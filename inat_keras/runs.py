@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,16 +137,17 @@ def decode_or_error(path: str, size: int) -> np.ndarray | str:
         return read_error(error)
 
 
-def image_batches(paths: Sequence[str], size: int, batch_size: int = 32, workers: int = 4) -> Iterator[ImageBatch]:
-    """Decode ``paths`` in parallel, ``batch_size`` at a time; an unreadable file is reported, not fatal."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = range(start, min(start + batch_size, len(paths)))
-            decoded = list(pool.map(lambda i: decode_or_error(paths[i], size), chunk))
-            good = [(i, image) for i, image in zip(chunk, decoded) if not isinstance(image, str)]
-            failures = [(i, image) for i, image in zip(chunk, decoded) if isinstance(image, str)]
-            images = np.stack([image for _, image in good]) if good else np.zeros((0, size, size, 3), np.uint8)
-            yield ImageBatch([i for i, _ in good], images, failures)
+def image_batches(paths: Sequence[str], size: int, batch_size: int = 32) -> Iterator[ImageBatch]:
+    """Decode ``paths`` on the shared decoding threads, ``batch_size`` at a time; an unreadable file is reported, not fatal."""
+    from .data import decode_pool
+
+    for start in range(0, len(paths), batch_size):
+        chunk = range(start, min(start + batch_size, len(paths)))
+        decoded = list(decode_pool().map(lambda i: decode_or_error(paths[i], size), chunk))
+        good = [(i, image) for i, image in zip(chunk, decoded) if not isinstance(image, str)]
+        failures = [(i, image) for i, image in zip(chunk, decoded) if isinstance(image, str)]
+        images = np.stack([image for _, image in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+        yield ImageBatch([i for i, _ in good], images, failures)
 
 
 def predict_probabilities(model, images: np.ndarray, *, flip: bool = False) -> np.ndarray:

@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    from inat_keras.data import resolve_augment_placement
+    from inat_keras.data import resolve_augment_placement, usable_cores
     from inat_keras.training import configure_devices
 
     configure_devices()
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [f"CPU ({os.cpu_count()} cores)"]
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [f"CPU ({usable_cores()} cores)"]
     scratch = None if args.folder else Path(tempfile.mkdtemp(prefix="inat-bench-"))
     folder = write_folder(args.folder or scratch / "images", args.images, NUM_CLASSES)
     try:

@@ -285,7 +285,7 @@ def inspect_all(
         else:
             todo.append((path, key, stat))
 
-    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="datacheck")
+    pool = ThreadPoolExecutor(max_workers=workers or data_lib.usable_cores(), thread_name_prefix="datacheck")
     try:
         # Pillow and hashlib release the GIL while decoding and hashing, so threads run in parallel.
         with warnings.catch_warnings():

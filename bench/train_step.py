@@ -15,7 +15,11 @@ steps (tracing, XLA compilation) are not timed.
 
     python bench/train_step.py --models scratch --batch-size 8 --steps 10
     python bench/train_step.py --models scratch resnet50 xception efficientnetv2s --mixed-precision --jit-compile
-    python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision --jit-compile
+    python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision
+    python bench/train_step.py --models resnet50 --augment --augment-placement pipeline --mixed-precision --jit-compile
+
+XLA cannot compile the augmentation's warps, so ``--jit-compile`` with ``--augment-placement model``
+is refused.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, floa
 
     from inat_keras.config import DataConfig
     from inat_keras.data import augmentation_for_model
+    from inat_keras.training import resolve_jit
 
     size = args.image_size or NATIVE_SIZES[name]
     data = DataConfig(
@@ -111,7 +116,8 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, floa
             optimizer=keras.optimizers.Adam(1e-3),
             loss="categorical_crossentropy",
             metrics=["accuracy"],
-            jit_compile=args.jit_compile,
+            # Refuses XLA for augmentation in the model, which Keras would otherwise silently drop.
+            jit_compile=resolve_jit("on" if args.jit_compile else "off", model),
         )
         rates[feed] = images_per_second(model, dataset, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size)
     rates["cost_pct"] = 100.0 * (1.0 - rates["pipeline"] / rates["memory"])

@@ -135,7 +135,7 @@ def layer_macs(model: keras.Model) -> int:
     :func:`count_macs`, and the count used for transfer backbones.
     """
     total = 0
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.SeparableConv2D):
             _, h, w, c_out = layer.output.shape
             c_in = layer.input.shape[-1]
@@ -155,11 +155,12 @@ def layer_macs(model: keras.Model) -> int:
     return int(total)
 
 
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, nested models opened."""
     layers = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
+            layers.extend(all_layers(layer))
         else:
             layers.append(layer)
     return layers

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,7 +197,7 @@ def compile_model(model, config: RunConfig, steps_per_epoch: int, learning_rate:
             optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
             metrics=training_metrics(),
-            jit_compile=resolve_jit(config.train.jit_compile),
+            jit_compile=resolve_jit(config.train.jit_compile, model),
         )
 
 
@@ -207,10 +207,39 @@ def training_metrics() -> list:
     return ["accuracy", keras.metrics.TopKCategoricalAccuracy(k=3, name="top3_accuracy")]
 
 
-def resolve_jit(value: str) -> bool | str:
-    # XLA pays off on a GPU; on a CPU its compile time outweighs the gain for these models.
+def xla_blockers(model) -> list[str]:
+    """The layers of ``model`` XLA cannot compile.
+
+    Keras's RandomZoom, RandomTranslation and RandomRotation warp images with
+    ImageProjectiveTransformV3, which has no XLA kernel; given such a model, ``compile(jit_compile=True)``
+    only warns and trains without XLA.
+    """
+    from .models import all_layers
+
+    return [layer.name for layer in all_layers(model) if not layer.supports_jit]
+
+
+def xla_refusal(layer_names: Sequence[str]) -> UserError:
+    return UserError(
+        f"--jit-compile on: XLA cannot compile {', '.join(layer_names)} (augmentation in the model); pass "
+        "--augment-placement pipeline to augment on the CPU and compile the model with XLA, or --jit-compile auto"
+    )
+
+
+def check_jit_request(config: RunConfig) -> None:
+    """Refuse ``--jit-compile on`` for a model that will augment, before any file is written."""
+    if config.train.jit_compile == "on" and data_lib.augments_in_model(config.data):
+        raise xla_refusal([layer.name for layer in data_lib.augmentation_layers() if not layer.supports_jit])
+
+
+def resolve_jit(value: str, model) -> bool:
+    """Whether ``model`` trains with XLA: "auto" is on with a GPU unless the model holds layers XLA cannot compile."""
+    blockers = xla_blockers(model)
+    if value == "on" and blockers:
+        raise xla_refusal(blockers)
     if value == "auto":
-        return gpu_available()
+        # XLA pays off on a GPU; on a CPU its compile time outweighs the gain for these models.
+        return gpu_available() and not blockers
     return value == "on"
 
 
@@ -402,6 +431,7 @@ def train_run(
     else:
         split = data_lib.make_split(config.data, exclude=data_report.bad_paths)
     num_classes = len(split.class_names)
+    check_jit_request(config)
     if config.kind == "scratch":
         cnn_config(config, num_classes)  # refuse a bad model before any file is written
     elif config.kind == "transfer":
@@ -453,6 +483,7 @@ def train_run(
     log(
         f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
         f"{counts['macs'] / 1e6:,.1f} M multiply-accumulates per image; precision {policy}; "
+        f"XLA {'on' if model.jit_compile else 'off'}; "
         f"{len(split.train)} train / {len(split.validation)} validation / {len(split.test)} test images"
     )
 
@@ -518,7 +549,7 @@ def train_run(
         "distribution": scaling,
         # What "auto" became on this machine.
         "precision_policy": policy,
-        "jit_compile": resolve_jit(config.train.jit_compile),
+        "jit_compile": bool(model.jit_compile),
     }
     with failed_writes_as_user_errors(run_dir):
         write_json(run_dir / METRICS_FILE, metrics)

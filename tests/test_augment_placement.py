@@ -37,9 +37,31 @@ def test_augmentation_layers_in_the_model_change_training_inputs_only() -> None:
     training_outputs = np.asarray(augmented(images, training=True))
     assert not np.allclose(training_outputs, np.asarray(plain(images, training=True)), atol=1e-4)
 
-    # A GPU run compiles the train step, augmentation included, with XLA.
-    augmented.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
-    assert np.isfinite(augmented.train_on_batch(images, np.eye(3, dtype="float32")[[0, 1, 2, 0]]))
+
+def test_xla_is_chosen_only_for_models_it_can_compile(monkeypatch) -> None:
+    from inat_keras import training
+
+    augmented = build_cnn(**SMALL_CNN, augmentation=augmentation_layers(seed=0))
+    plain = build_cnn(**SMALL_CNN)
+    assert training.xla_blockers(augmented) == ["augment_zoom", "augment_translation", "augment_rotation"]
+    assert training.xla_blockers(plain) == []
+
+    monkeypatch.setattr(training, "gpu_available", lambda: True)
+    assert training.resolve_jit("auto", plain) is True
+    assert training.resolve_jit("auto", augmented) is False
+    assert training.resolve_jit("off", plain) is False
+    with pytest.raises(UserError, match=r"--jit-compile on: XLA cannot compile augment_zoom, augment_translation, "
+                                        r"augment_rotation .*--augment-placement pipeline"):
+        training.resolve_jit("on", augmented)
+
+    # Why: Keras itself drops XLA for the augmented model, with only a warning...
+    with pytest.warns(UserWarning, match="jit_compile"):
+        augmented.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
+    assert augmented.jit_compile is False
+    # ...while the plain model compiles its train step with XLA.
+    plain.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
+    assert plain.jit_compile is True
+    assert np.isfinite(plain.train_on_batch(pixels(4), np.eye(3, dtype="float32")[[0, 1, 2, 0]]))
 
 
 def test_model_placement_leaves_the_pipeline_unaugmented(tiny_dataset: Path) -> None:
@@ -66,7 +88,7 @@ def test_auto_placement_follows_the_gpu(monkeypatch) -> None:
         resolve_augment_placement("gpu")
 
 
-def train_tiny_run(dataset: Path, out: Path, name: str, **data: str) -> Path:
+def train_tiny_run(dataset: Path, out: Path, name: str, jit_compile: str = "off", **data: str) -> Path:
     """One epoch of a 2-block CNN with --augment; ``data`` sets more DataConfig fields."""
     from inat_keras.training import train_run
 
@@ -76,7 +98,7 @@ def train_tiny_run(dataset: Path, out: Path, name: str, **data: str) -> Path:
         out=str(out),
         data=DataConfig(data_dir=str(dataset), image_size=32, batch_size=16, augment=True, **data),
         model={"num_blocks": 2, "first_filters": 4, "dense_units": [8]},
-        train=TrainConfig(epochs=1, mixed_precision="off", jit_compile="off"),
+        train=TrainConfig(epochs=1, mixed_precision="off", jit_compile=jit_compile),
         tracking=TrackingConfig(wandb="off"),
     )
     return train_run(config, verbose=0, log=lambda message: None).run_dir
@@ -97,6 +119,37 @@ def test_a_run_augmenting_in_the_model_records_it_and_exports_without_the_random
     # ONNX has no converter for the random ops these layers leave in a traced graph.
     result = export_model(trained, "onnx", tmp_path / "export")
     assert result["max_abs_difference"] < 1e-4 and result["same_top1"]
+
+
+def test_metrics_record_whether_xla_really_compiled_the_training(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    from inat_keras import training
+    from inat_keras.io import read_json
+
+    monkeypatch.setattr(training, "gpu_available", lambda: True)  # --jit-compile auto then asks for XLA
+    runs = tmp_path / "runs"
+    in_model = train_tiny_run(tiny_dataset, runs, "in-model", jit_compile="auto", augment_placement="model")
+    in_pipeline = train_tiny_run(tiny_dataset, runs, "in-pipeline", jit_compile="auto", augment_placement="pipeline")
+    assert read_json(in_model / "metrics.json")["jit_compile"] is False
+    assert read_json(in_pipeline / "metrics.json")["jit_compile"] is True
+    with pytest.raises(UserError, match="--jit-compile on: XLA cannot compile augment_zoom, augment_translation"):
+        train_tiny_run(tiny_dataset, runs, "refused", jit_compile="on", augment_placement="model")
+    assert not (runs / "refused").exists()  # refused before any file is written: the same --name works once fixed
+
+
+def test_a_search_that_may_augment_in_the_model_refuses_jit_compile_on_before_any_trial() -> None:
+    from inat_keras.search import check_space_fits
+
+    base = RunConfig(
+        name="search",
+        data=DataConfig(image_size=32, augment_placement="model"),
+        model={"num_blocks": 2},
+        train=TrainConfig(jit_compile="on"),
+    )
+    check_space_fits(base, {"augment": [False]}, num_classes=3)
+    with pytest.raises(UserError, match="--jit-compile on: XLA cannot compile"):
+        check_space_fits(base, {"augment": [True, False]}, num_classes=3)
+    base.data.augment_placement = "pipeline"
+    check_space_fits(base, {"augment": [True, False]}, num_classes=3)
 
 
 def test_auto_placement_is_recorded_resolved_so_a_resume_augments_in_the_same_place(

@@ -202,21 +202,22 @@ AUGMENT_PREFIX = "augment_"
 
 
 def augmentation_layers(seed: int | None = None) -> list:
-    """Random resized crop (zoom in + shift), horizontal flip, small rotation, colour jitter.
+    """Random zoom in, shift and small rotation (one warp), horizontal flip, colour jitter.
 
-    Keras preprocessing layers: they change images only when called with ``training=True``, so
-    the same layers serve in the tf.data map and inside a model (where inference skips them).
+    Keras layers (the warp is ours: ``augment.RandomAffine``, which XLA compiles): they change
+    images only when called with ``training=True``, so the same layers serve in the tf.data map and
+    inside a model (where inference skips them).
     """
     import keras
+
+    from .augment import RandomAffine
 
     # float32 whatever the mixed-precision policy: float16 arithmetic on a CPU is emulated (slower) and
     # rounds 0-255 pixel values.
     f32 = {"seed": seed, "dtype": "float32"}
     return [
-        keras.layers.RandomZoom(height_factor=(-0.4, 0.0), fill_mode="reflect", name=f"{AUGMENT_PREFIX}zoom", **f32),
-        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", name=f"{AUGMENT_PREFIX}translation", **f32),
+        RandomAffine(zoom_in=0.4, shift=0.1, rotation=0.04, name=f"{AUGMENT_PREFIX}affine", **f32),
         keras.layers.RandomFlip("horizontal", name=f"{AUGMENT_PREFIX}flip", **f32),
-        keras.layers.RandomRotation(0.04, fill_mode="reflect", name=f"{AUGMENT_PREFIX}rotation", **f32),
         keras.layers.RandomColorJitter(
             value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2, saturation_factor=0.2,
             name=f"{AUGMENT_PREFIX}colour", **f32,

@@ -73,7 +73,7 @@ def locate_model(source: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def load_trained(source: str | os.PathLike, classes: Sequence[str] | None = None) -> TrainedModel:
     """Load ``best.keras`` of a run (or a ``.keras`` file) with the class names its outputs stand for."""
-    import keras
+    from .augment import load_model
 
     model_path, run_dir = locate_model(source)
     config, class_names = None, list(classes) if classes else None
@@ -88,7 +88,7 @@ def load_trained(source: str | os.PathLike, classes: Sequence[str] | None = None
             "(in the model's output order) or a file with one class per line"
         )
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        model = load_model(model_path, compile=False)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load {model_path} ({str(error).splitlines()[0]}): is it a Keras 3 .keras file?") from None
     outputs = int(model.output_shape[-1])

@@ -304,12 +304,7 @@ def pinned_by_flags(args: argparse.Namespace, kind: str) -> set[str]:
 
 
 def check_space_fits(base: RunConfig, space: dict[str, Any], num_classes: int) -> None:
-    """Refuse, before any trial, a space that cannot be built: too deep for the images, a bad backbone, XLA refused."""
-    from .training import check_jit_request
-
-    augment = space.get("augment", base.data.augment)
-    for value in augment if isinstance(augment, list) else [augment]:
-        check_jit_request(trial_config(base, {"augment": value}))
+    """Refuse, before any trial, a space that cannot be built: too deep for the images, a bad backbone."""
     if base.kind == "transfer":
         from .transfer import validate_transfer
 

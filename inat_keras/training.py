@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -208,35 +208,23 @@ def training_metrics() -> list:
 
 
 def xla_blockers(model) -> list[str]:
-    """The layers of ``model`` XLA cannot compile.
+    """The layers of ``model`` XLA cannot compile (Keras's ``supports_jit``).
 
-    Keras's RandomZoom, RandomTranslation and RandomRotation warp images with
-    ImageProjectiveTransformV3, which has no XLA kernel; given such a model, ``compile(jit_compile=True)``
-    only warns and trains without XLA.
+    Given one, Keras's ``compile(jit_compile=True)`` only warns and trains without XLA. Keras's
+    RandomZoom, RandomTranslation and RandomRotation are such layers (their warp,
+    ``ImageProjectiveTransformV3``, has no XLA kernel), which is why ``--augment`` uses
+    ``augment.RandomAffine`` instead.
     """
     from .models import all_layers
 
     return [layer.name for layer in all_layers(model) if not layer.supports_jit]
 
 
-def xla_refusal(layer_names: Sequence[str]) -> UserError:
-    return UserError(
-        f"--jit-compile on: XLA cannot compile {', '.join(layer_names)} (augmentation in the model); pass "
-        "--augment-placement pipeline to augment on the CPU and compile the model with XLA, or --jit-compile auto"
-    )
-
-
-def check_jit_request(config: RunConfig) -> None:
-    """Refuse ``--jit-compile on`` for a model that will augment, before any file is written."""
-    if config.train.jit_compile == "on" and data_lib.augments_in_model(config.data):
-        raise xla_refusal([layer.name for layer in data_lib.augmentation_layers() if not layer.supports_jit])
-
-
 def resolve_jit(value: str, model) -> bool:
     """Whether ``model`` trains with XLA: "auto" is on with a GPU unless the model holds layers XLA cannot compile."""
     blockers = xla_blockers(model)
     if value == "on" and blockers:
-        raise xla_refusal(blockers)
+        raise UserError(f"--jit-compile on: XLA cannot compile the layers {', '.join(blockers)}; use --jit-compile auto or off")
     if value == "auto":
         # XLA pays off on a GPU; on a CPU its compile time outweighs the gain for these models.
         return gpu_available() and not blockers
@@ -414,6 +402,8 @@ def train_run(
     """Train (or continue) the run ``config`` describes and evaluate it once on the test set."""
     import keras
 
+    from .augment import load_model
+
     config.train.validate()
     configure_devices()  # first: memory growth and MultiWorkerMirroredStrategy precede any TensorFlow operation
     distribution = make_distribution(config.train.distribute)
@@ -431,7 +421,6 @@ def train_run(
     else:
         split = data_lib.make_split(config.data, exclude=data_report.bad_paths)
     num_classes = len(split.class_names)
-    check_jit_request(config)
     if config.kind == "scratch":
         cnn_config(config, num_classes)  # refuse a bad model before any file is written
     elif config.kind == "transfer":
@@ -469,7 +458,7 @@ def train_run(
 
     with distribution.scope():  # variables created here are mirrored on every replica
         if state["checkpoint"]:
-            model = keras.models.load_model(run_dir / "checkpoint" / state["checkpoint"])
+            model = load_model(run_dir / "checkpoint" / state["checkpoint"])
             log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
             if config.kind == "transfer":
                 from .transfer import apply_final_trainability
@@ -566,9 +555,9 @@ def train_run(
 
 
 def evaluate_best(run_dir: Path, split, config: RunConfig, num_classes: int, state, counts) -> dict[str, Any]:
-    import keras
+    from .augment import load_model
 
-    best = keras.models.load_model(run_dir / BEST_MODEL)
+    best = load_model(run_dir / BEST_MODEL)
     test = data_lib.make_dataset(split.test, config.data, num_classes, training=False, cache_name="test")
     scores = best.evaluate(test, verbose=0, return_dict=True)
     epochs_run = state["epochs_done"]

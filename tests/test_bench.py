@@ -13,6 +13,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
+import augment  # noqa: E402  (bench/augment.py)
 import finetune_cache  # noqa: E402  (bench/finetune_cache.py)
 import pipeline  # noqa: E402  (bench/pipeline.py)
 import train_step  # noqa: E402  (bench/train_step.py)
@@ -67,3 +68,13 @@ def test_the_feature_cache_benchmark_times_both_runs_and_ends_with_their_ratio(t
     assert match, last
     cached, every_epoch, speedup = map(float, match.groups())
     assert cached > 0 and every_epoch > 0 and speedup == pytest.approx(every_epoch / cached, abs=0.02 * speedup + 0.01)
+
+
+def test_the_augmentation_benchmark_compares_both_stacks_and_ends_with_the_speedups(capsys) -> None:
+    assert augment.main(["--image-size", "24", "--batch-size", "4", "--batches", "2", "--rounds", "2"]) == 0
+    output = capsys.readouterr().out.strip().splitlines()
+    assert sum(line.startswith("round ") for line in output) == 2
+    rows = {tuple(line.split()[:2]) for line in output if line.startswith(("ours ", "Keras "))}
+    assert rows == {("ours", "tf.data"), ("ours", "compiled"), ("Keras", "tf.data"), ("Keras", "compiled")}
+    assert sum(line.startswith("ours    compiled + XLA") for line in output) == 1
+    assert re.fullmatch(r"augment_speedup_pipeline=\d+\.\d\d augment_speedup_compiled_xla=\d+\.\d\d", output[-1]), output[-1]

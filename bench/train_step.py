@@ -15,11 +15,7 @@ steps (tracing, XLA compilation) are not timed.
 
     python bench/train_step.py --models scratch --batch-size 8 --steps 10
     python bench/train_step.py --models scratch resnet50 xception efficientnetv2s --mixed-precision --jit-compile
-    python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision
-    python bench/train_step.py --models resnet50 --augment --augment-placement pipeline --mixed-precision --jit-compile
-
-XLA cannot compile the augmentation's warps, so ``--jit-compile`` with ``--augment-placement model``
-is refused.
+    python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision --jit-compile
 """
 
 from __future__ import annotations
@@ -116,7 +112,7 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, floa
             optimizer=keras.optimizers.Adam(1e-3),
             loss="categorical_crossentropy",
             metrics=["accuracy"],
-            # Refuses XLA for augmentation in the model, which Keras would otherwise silently drop.
+            # Refuses XLA for a layer it cannot compile, which Keras would otherwise silently drop.
             jit_compile=resolve_jit("on" if args.jit_compile else "off", model),
         )
         rates[feed] = images_per_second(model, dataset, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size)

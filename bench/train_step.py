@@ -16,6 +16,7 @@ steps (tracing, XLA compilation) are not timed.
     python bench/train_step.py --models scratch --batch-size 8 --steps 10
     python bench/train_step.py --models scratch resnet50 xception efficientnetv2s --mixed-precision --jit-compile
     python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision --jit-compile
+    python bench/train_step.py --models scratch resnet50 efficientnetv2s --table     # the README's GPU table
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pipeline import write_folder  # noqa: E402  (bench/pipeline.py, beside this file)
 
 NATIVE_SIZES = {"scratch": 224, "resnet50": 224, "xception": 299, "efficientnetv2s": 384}
+LABELS = {"scratch": "scratch CNN", "resnet50": "ResNet50", "xception": "Xception", "efficientnetv2s": "EfficientNetV2-S"}
 NUM_CLASSES = 10
+# --table's columns: (mixed precision, XLA).
+TABLE_SETTINGS = {
+    "float32": (False, False),
+    "float32 + XLA": (False, True),
+    "mixed_float16": (True, False),
+    "mixed_float16 + XLA": (True, True),
+}
 
 
 def build(name: str, size: int, augmentation: list | None):
@@ -120,6 +129,25 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, floa
     return rates
 
 
+def with_setting(args: argparse.Namespace, setting: str) -> argparse.Namespace:
+    mixed_precision, jit_compile = TABLE_SETTINGS[setting]
+    return argparse.Namespace(**{**vars(args), "mixed_precision": mixed_precision, "jit_compile": jit_compile})
+
+
+def print_table(table: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
+    """The README's GPU table: pipeline-fed images/s per model and setting, the memory feed in brackets."""
+    print("| model (native size) | " + " | ".join(TABLE_SETTINGS) + " |")
+    print("| --- |" + " --- |" * len(TABLE_SETTINGS))
+    for name in args.models:
+        cells = [f"{table[s][name]['pipeline']:,.0f} ({table[s][name]['memory']:,.0f})" for s in TABLE_SETTINGS]
+        print(f"| {LABELS[name]} ({args.image_size or NATIVE_SIZES[name]}) | " + " | ".join(cells) + " |")
+    print(" ".join(
+        f"{name}_{setting.replace(' + XLA', '_xla')}={table[setting][name]['pipeline']:.1f}"
+        for name in args.models
+        for setting in TABLE_SETTINGS
+    ))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(NATIVE_SIZES), default=["scratch", "resnet50", "xception"])
@@ -136,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here and reuse them")
     parser.add_argument("--image-size", type=int, help="one input size for every model instead of its native size")
+    parser.add_argument(
+        "--table", action="store_true",
+        help="every model in float32 and mixed_float16, each without and with XLA, as a markdown table (the README's GPU table)",
+    )
     args = parser.parse_args(argv)
 
     import keras
@@ -148,12 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [f"CPU ({usable_cores()} cores)"]
     scratch = None if args.folder else Path(tempfile.mkdtemp(prefix="inat-bench-"))
     folder = write_folder(args.folder or scratch / "images", args.images, NUM_CLASSES)
+    settings = list(TABLE_SETTINGS) if args.table else [None]
     try:
-        results = {name: measure(name, folder, args) for name in args.models}
+        table = {
+            setting: {name: measure(name, folder, with_setting(args, setting) if setting else args) for name in args.models}
+            for setting in settings
+        }
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    augmenting = f", augment in the {resolve_augment_placement(args.augment_placement)}" if args.augment else ""
+    if args.table:
+        print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps{augmenting}; "
+              "fed by the pipeline (from the memory feed)")
+        print_table(table, args)
+        return 0
+    results = table[None]
     precision = "mixed_float16" if args.mixed_precision else "float32"
     print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
           f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}"

@@ -78,3 +78,15 @@ def test_the_augmentation_benchmark_compares_both_stacks_and_ends_with_the_speed
     assert rows == {("ours", "tf.data"), ("ours", "compiled"), ("Keras", "tf.data"), ("Keras", "compiled")}
     assert sum(line.startswith("ours    compiled + XLA") for line in output) == 1
     assert re.fullmatch(r"augment_speedup_pipeline=\d+\.\d\d augment_speedup_compiled_xla=\d+\.\d\d", output[-1]), output[-1]
+
+
+def test_the_train_step_benchmark_prints_the_gpu_table_of_precisions_and_xla(tmp_path: Path, capsys) -> None:
+    args = ["--models", "scratch", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+            "--images", "8", "--folder", str(tmp_path / "jpegs"), "--table"]
+    assert train_step.main(args) == 0
+    output = capsys.readouterr().out.strip().splitlines()
+    header = output.index("| model (native size) | float32 | float32 + XLA | mixed_float16 | mixed_float16 + XLA |")
+    row = output[header + 2]
+    assert re.fullmatch(r"\| scratch CNN \(32\)( \| [\d,]+ \([\d,]+\)){4} \|", row), row
+    keys = "float32 float32_xla mixed_float16 mixed_float16_xla".split()
+    assert re.fullmatch(" ".join(rf"scratch_{key}=\d+\.\d" for key in keys), output[-1]), output[-1]

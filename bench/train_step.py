@@ -190,17 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    augmenting = f", augment in the {resolve_augment_placement(args.augment_placement)}" if args.augment else ""
+    placement = f" in the {resolve_augment_placement(args.augment_placement)}" if args.augment else ""
     if args.table:
-        print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps{augmenting}; "
-              "fed by the pipeline (from the memory feed)")
+        print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
+              f"augment={args.augment}{placement}; fed by the pipeline (from the memory feed)")
         print_table(table, args)
         return 0
     results = table[None]
     precision = "mixed_float16" if args.mixed_precision else "float32"
     print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
-          f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}"
-          + (f" in the {resolve_augment_placement(args.augment_placement)}" if args.augment else ""))
+          f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}{placement}")
     print(f"{'model':<18}{'size':>6}{'pipeline':>12}{'memory':>12}{'pipeline cost':>15}")
     for name, rates in results.items():
         print(f"{name:<18}{args.image_size or NATIVE_SIZES[name]:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%")

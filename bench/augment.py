@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     batch = tf.constant(rng.uniform(0, 255, (args.batch_size, args.image_size, args.image_size, 3)).astype("float32"))
     runs = {}
-    for stack, layers in stacks().items():
+    layers_of = stacks()
+    for stack, layers in layers_of.items():
         for way, run in ways_to_run(layers, batch, args.batches, xla=stack == "ours").items():
             run()  # tracing and compilation are not timed
             runs[(stack, way)] = run
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stack':<8}{'run as':<16}{'images/s':>10}{'CPU ms/image':>14}")
     for (stack, way), (rate, cpu) in rates.items():
         print(f"{stack:<8}{way:<16}{rate:>10.1f}{cpu:>14.2f}")
-    ours, theirs = stacks().keys()
+    ours, theirs = layers_of
     pipeline = rates[(ours, "tf.data map")][0] / rates[(theirs, "tf.data map")][0]
     compiled = rates[(ours, "compiled + XLA")][0] / rates[(theirs, "compiled")][0]
     print(f"augment_speedup_pipeline={pipeline:.2f} augment_speedup_compiled_xla={compiled:.2f}")

@@ -25,13 +25,13 @@ def reflect(coordinate, size):
 
 def bilinear_sample(images, rows, columns):
     """``images`` (batch, height, width, channels) read at float pixel coordinates (batch, height, width) inside them."""
-    _, height, width, channels = ops.shape(images)
+    batch, height, width, channels = ops.shape(images)
     top, left = ops.floor(rows), ops.floor(columns)
     down, right = (rows - top)[..., None], (columns - left)[..., None]
     top, left = ops.cast(top, "int32"), ops.cast(left, "int32")
     bottom, far_right = ops.minimum(top + 1, height - 1), ops.minimum(left + 1, width - 1)
     pixels = ops.reshape(images, (-1, channels))
-    image_start = (ops.arange(ops.shape(images)[0], dtype="int32") * (height * width))[:, None, None]
+    image_start = (ops.arange(batch, dtype="int32") * (height * width))[:, None, None]
 
     def at(row, column):
         return ops.take(pixels, image_start + row * width + column, axis=0)

@@ -112,7 +112,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine decay")
     group.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val accuracy")
     group.add_argument("--mixed-precision", choices=SWITCHES, help="auto: on with a GPU, off on a CPU")
-    group.add_argument("--jit-compile", choices=SWITCHES, help="XLA; auto: on with a GPU, unless augmentation is in the model (XLA cannot compile it)")
+    group.add_argument("--jit-compile", choices=SWITCHES, help="XLA; auto: on with a GPU (off for a model holding layers XLA cannot compile)")
     group.add_argument(
         "--distribute", choices=DISTRIBUTE_MODES, help="none (default), mirrored: all local GPUs, multiworker: TF_CONFIG"
     )

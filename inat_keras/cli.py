@@ -171,14 +171,41 @@ def run_config_from_args(
     )
 
 
-def load_resume_config(args: argparse.Namespace) -> RunConfig:
+# What --resume may change: which broken files to skip, and where the run is tracked (and how it prints).
+RESUME_OVERRIDES = ("skip_bad", "wandb", "wandb_project", "wandb_group")
+RESUME_PASSTHROUGH = ("resume", "quiet", "tuner")
+
+
+def load_resume_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
+    """The run's saved settings, with the few flags a resume may change; any other flag is refused.
+
+    A resumed run keeps its model, data and schedule (its checkpoint and optimizer state depend on
+    them), so a flag that would change them must not be silently ignored.
+    """
     from pathlib import Path
 
     from .training import load_run_config
 
+    given = [dest for dest, value in vars(args).items() if value != parser.get_default(dest)]
+    ignored = [dest for dest in given if dest not in RESUME_OVERRIDES + RESUME_PASSTHROUGH]
+    if ignored and not getattr(args, "tuner", None):  # a search refuses --resume itself, more helpfully
+        flags = ", ".join("--" + dest.replace("_", "-") for dest in ignored)
+        raise UserError(
+            f"--resume continues {args.resume} with its saved settings, so {flags} cannot change them: "
+            f"drop {'it' if len(ignored) == 1 else 'them'}, or start a new run with another --name "
+            f"(--resume accepts only --skip-bad, --wandb*, --quiet)"
+        )
     config = load_run_config(args.resume)
     # The run lives where it is now, even if its folder was moved since.
     config.out, config.name = str(Path(args.resume).parent), Path(args.resume).name
+    if args.skip_bad:
+        config.data.skip_bad = True
+    if "wandb" in given:
+        config.tracking.wandb = args.wandb
+    if "wandb_project" in given:
+        config.tracking.project = args.wandb_project
+    if "wandb_group" in given:
+        config.tracking.group = args.wandb_group
     return config
 
 
@@ -205,7 +232,7 @@ def train_scratch_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.resume:
-        config = load_resume_config(args)
+        config = load_resume_config(args, parser)
     else:
         require_data(args, "training")
         model = pick(args, CNNConfig, SCRATCH_DEMO_DEFAULTS if args.demo else {})

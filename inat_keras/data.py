@@ -148,7 +148,7 @@ def save_split(split: DatasetSplit, run_dir: str | os.PathLike) -> None:
 def load_split(run_dir: str | os.PathLike, class_names: list[str]) -> DatasetSplit:
     path = Path(run_dir) / SPLIT_FILE
     if not path.is_file():
-        raise UserError(f"{path} is missing: the run directory is incomplete; start a new run instead of --resume")
+        raise UserError(f"{path} is missing, so the run cannot be resumed: start a new run with another --name")
     index = {name: i for i, name in enumerate(class_names)}
     subsets = {"train": LabelledFiles([], []), "validation": LabelledFiles([], []), "test": LabelledFiles([], [])}
     for row in read_csv(path):

@@ -505,11 +505,33 @@ def record_in_run(report: DataReport, run_dir: Path) -> None:
         write_csv(run_dir / "skipped-images.csv", ("path", "reason", "detail"), rows)
 
 
-def usable_split(split: data_lib.DatasetSplit, bad_paths: frozenset[str]) -> data_lib.DatasetSplit:
-    """``split`` without ``bad_paths``: a resumed run drops files that went bad since it started."""
+def usable_split(
+    split: data_lib.DatasetSplit,
+    bad_paths: frozenset[str],
+    *,
+    skip_bad: bool,
+    run_dir: Path,
+    log: Callable[[str], None] = print,
+) -> data_lib.DatasetSplit:
+    """``split`` without ``bad_paths``: a resumed run drops files that went bad since it started.
+
+    Files deleted since then are refused (or dropped with ``skip_bad``) here, before training:
+    the data check only sees the files that are there, and a missing one would stop tf.data
+    mid-epoch.
+    """
+    listed = [*split.train.paths, *split.validation.paths, *split.test.paths]
+    missing = [path for path in listed if path not in bad_paths and not os.path.isfile(path)]
+    if missing and not skip_bad:
+        raise UserError(
+            f"{len(missing)} image(s) in {Path(run_dir) / data_lib.SPLIT_FILE} no longer exist (the first: {missing[0]}): "
+            f"restore them, or resume with --skip-bad to continue without them"
+        )
+    if missing:
+        log(f"skipping {len(missing)} image(s) deleted since the run started (the first: {missing[0]})")
+    dropped = bad_paths | frozenset(missing)
 
     def keep(files: data_lib.LabelledFiles) -> data_lib.LabelledFiles:
-        kept = [(path, label) for path, label in zip(files.paths, files.labels) if path not in bad_paths]
+        kept = [(path, label) for path, label in zip(files.paths, files.labels) if path not in dropped]
         return data_lib.LabelledFiles([path for path, _ in kept], [label for _, label in kept])
 
     return data_lib.DatasetSplit(split.class_names, keep(split.train), keep(split.validation), keep(split.test))

@@ -101,7 +101,7 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     pinned = pinned_by_flags(args, "transfer")  # before the fine-tuning defaults fill in the flags left out
 
     if args.resume:
-        config = load_resume_config(args)
+        config = load_resume_config(args, parser)
     else:
         require_data(args, "fine-tuning")
         fill_defaults(args, DEMO_DEFAULTS if args.demo else FINETUNE_DEFAULTS)

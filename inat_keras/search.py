@@ -32,6 +32,7 @@ TUNERS = ("bayes", "random", "hyperband")
 OBJECTIVE = "val_accuracy"
 SEARCH_DIR = "search"
 SETTINGS_FILE = "search.json"
+RETRAINED_FILE = "retrained.json"  # which trial the run beside the search retrains
 # Early stopping inside a trial when --early-stopping does not set it: a trial that stalls for
 # three epochs rarely becomes the best one, and the budget goes to the next trial instead.
 TRIAL_PATIENCE = 3
@@ -385,6 +386,11 @@ def with_defaults(base: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
+def without_location(base: dict[str, Any]) -> dict[str, Any]:
+    """A base config without its name and parent folder: a search continues after its folder moved."""
+    return {key: value for key, value in base.items() if key not in ("name", "out")}
+
+
 def record_or_check(search_dir: Path, record: dict[str, Any]) -> None:
     """Write ``search.json``, or refuse to continue a search that was asked something else."""
     path = search_dir / SETTINGS_FILE
@@ -396,7 +402,9 @@ def record_or_check(search_dir: Path, record: dict[str, Any]) -> None:
             for change in changed_settings(previous.get(key, "unset"), record[key], key)
         ]
         # The base run's settings read as their flags' sections (data, model, train), without "base.".
-        changed += changed_settings(with_defaults(previous.get("base", {})), with_defaults(record["base"]), "")
+        changed += changed_settings(
+            without_location(with_defaults(previous.get("base", {}))), without_location(with_defaults(record["base"])), ""
+        )
         if changed:
             raise UserError(
                 f"{search_dir} holds a search with other settings ({'; '.join(changed)}): re-run its own "
@@ -682,6 +690,7 @@ def run_search(
     if role != "worker":
         record_or_check(search_dir, search_record(base, settings))
 
+    check_search_files(search_dir)
     keras.utils.set_random_seed(base.data.seed)
     hypermodel = tuner_classes()["hypermodel"](base, settings.space, split, search_dir)
     tuner = make_tuner(base, settings, hypermodel, search_dir)
@@ -710,9 +719,46 @@ def run_search(
         config = trial_config(base, analysis.best["hyperparameters"])
         config.tracking = dataclasses.replace(config.tracking, group=config.tracking.group or base.name)
         run_dir = run_dir_of(config)
-        log(f"retraining the best configuration (trial {analysis.best['trial_id']}) into {run_dir}")
+        best_id = str(analysis.best["trial_id"])
+        set_aside_other_retrain(run_dir, search_dir, best_id, log)
+        log(f"retraining the best configuration (trial {best_id}) into {run_dir}")
+        write_json(search_dir / RETRAINED_FILE, {"trial_id": best_id})
         result.run = train_run(config, resume=(run_dir / "config.json").exists(), verbose=verbose, log=log)
     return result
+
+
+def set_aside_other_retrain(run_dir: Path, search_dir: Path, best_id: str, log: Callable[[str], None]) -> None:
+    """Move a retrain of another trial into ``retrain-trial-<id>/`` so the new best gets a run of its own.
+
+    A larger --max-trials can find a better trial after the best one was retrained; resuming that
+    run would report the old trial's model under the new trial's name. A search recorded before
+    RETRAINED_FILE existed names no trial, and its retrain is resumed as before.
+    """
+    marker = search_dir / RETRAINED_FILE
+    if not (run_dir / "config.json").exists() or not marker.exists():
+        return
+    previous_id = str(read_json(marker).get("trial_id"))
+    if previous_id == best_id:
+        return
+    archive = run_dir / f"retrain-trial-{previous_id}"
+    archive.mkdir(exist_ok=True)
+    for entry in run_dir.iterdir():
+        if entry.name != SEARCH_DIR and not entry.name.startswith("retrain-trial-"):
+            entry.rename(archive / entry.name)
+    log(f"the best configuration is now trial {best_id}, no longer trial {previous_id}: its retrain moved to {archive}")
+
+
+def check_search_files(search_dir: Path) -> None:
+    """One line naming a state file a disk fault damaged, before KerasTuner fails on it with a traceback."""
+    for path in [search_dir / "oracle.json", *sorted(search_dir.glob("trial_*/trial.json"))]:
+        if not path.exists():
+            continue
+        try:
+            read_json(path)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise UserError(
+                f"{path} is damaged ({error}): this search cannot continue from it; start it again with another --name"
+            ) from None
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -73,7 +74,15 @@ def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{path} not found: --resume takes a run directory written by a training command")
-    return RunConfig.from_dict(read_json(path))
+    return RunConfig.from_dict(read_run_json(path, fix="start a new run with another --name"))
+
+
+def read_run_json(path: Path, *, fix: str) -> Any:
+    """A run's JSON file, or one line naming it when a disk fault or a hand edit broke it."""
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged ({error}): {fix}") from None
 
 
 # -- devices and precision ----------------------------------------------------------------
@@ -244,6 +253,30 @@ def save_model_atomically(model, path: Path) -> None:
     atomic_write(path, lambda tmp: model.save(tmp))
 
 
+def publish_best(run_dir: Path, checkpoint: Path) -> None:
+    """``best.keras`` becomes ``checkpoint`` in one rename: a hard link where the file system allows, else a copy."""
+    best = run_dir / BEST_MODEL
+    if best.exists() and os.path.samefile(best, checkpoint):
+        return  # already linked; renaming a link onto its twin would do nothing and leave the temporary file
+
+    def link_or_copy(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
+
+    atomic_write(best, link_or_copy)
+
+
+def finish_best_commit(run_dir: Path, state: dict[str, Any]) -> None:
+    """Publish the best checkpoint if a kill came between writing ``state.json`` and ``best.keras``."""
+    if state["checkpoint"] and state["best_epoch"] == state["epochs_done"]:
+        checkpoint = run_dir / "checkpoint" / state["checkpoint"]
+        if checkpoint.is_file():
+            publish_best(run_dir, checkpoint)
+
+
 class EpochCheckpoint(_keras_callback_base()):
     """After each epoch: best model, last checkpoint, history, and the state that names them.
 
@@ -287,9 +320,9 @@ class EpochCheckpoint(_keras_callback_base()):
             self.model.stop_training = True
             state["stopped"] = "nan"
             return
-        if val_accuracy > state["best_val_accuracy"]:
+        improved = val_accuracy > state["best_val_accuracy"]
+        if improved:
             state["best_val_accuracy"], state["best_epoch"] = val_accuracy, epoch + 1
-            save_model_atomically(self.saved_model or self.model, self.run_dir / BEST_MODEL)
         checkpoint = self.run_dir / "checkpoint" / f"epoch-{epoch + 1:03d}.keras"
         save_model_atomically(self.saved_model or self.model, checkpoint)
         previous = state.get("checkpoint")
@@ -299,6 +332,10 @@ class EpochCheckpoint(_keras_callback_base()):
             self.model.stop_training = True
             state["stopped"] = "early_stopping"
         write_json(self.run_dir / STATE_FILE, state)
+        # After the commit: best.keras never holds an epoch that state.json does not name. A kill
+        # between the two leaves state naming this checkpoint as the best; resuming publishes it.
+        if improved:
+            publish_best(self.run_dir, checkpoint)
         if previous and previous != checkpoint.name:
             (self.run_dir / "checkpoint" / previous).unlink(missing_ok=True)
         write_history(self.run_dir, state["history"], self.title)
@@ -355,6 +392,30 @@ def remove_temporaries(run_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def load_state(run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The resumed run's state; a fresh one, said aloud, when no epoch was committed yet."""
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        log(f"{run_dir} has no finished epoch ({STATE_FILE} is absent): training starts at epoch 1")
+        return new_state()
+    return read_run_json(path, fix=f"delete it to train {run_dir} again from epoch 1")
+
+
+def load_checkpoint(run_dir: Path, name: str):
+    from .augment import load_model
+
+    path = run_dir / "checkpoint" / name
+    if not path.is_file():
+        raise UserError(f"{path}, named in {run_dir / STATE_FILE}, is missing: delete {STATE_FILE} to train again from epoch 1")
+    try:
+        return load_model(path)
+    except Exception as error:  # Keras reports a damaged archive as several different errors
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(
+            f"cannot load {path} ({reason}); if it is damaged, delete {run_dir / STATE_FILE} to train again from epoch 1"
+        ) from None
+
+
 def new_state() -> dict[str, Any]:
     return {
         "epochs_done": 0,
@@ -371,8 +432,10 @@ def new_state() -> dict[str, Any]:
 def write_history(run_dir: Path, history: list[dict[str, float]], title: str) -> None:
     from .plots import plot_curves
 
-    # state.json stores rows with sorted keys; a resumed run's history still starts with the epoch.
-    columns = list(dict.fromkeys(["epoch", *(key for row in history for key in row)]))
+    # One column order whether or not the run was resumed (state.json stores rows with sorted keys).
+    keys = {key for row in history for key in row}
+    last = [key for key in ("seconds", "learning_rate") if key in keys]
+    columns = ["epoch", *sorted(keys - {"epoch", *last}), *last]
     write_csv(run_dir / HISTORY_FILE, columns, ([row.get(c, "") for c in columns] for row in history))
     plot_curves(history, run_dir / "curves.png", title=title)
 
@@ -402,13 +465,15 @@ def train_run(
     """Train (or continue) the run ``config`` describes and evaluate it once on the test set."""
     import keras
 
-    from .augment import load_model
-
     config.train.validate()
     configure_devices()  # first: memory growth and MultiWorkerMirroredStrategy precede any TensorFlow operation
     distribution = make_distribution(config.train.distribute)
     config = config_for_worker(config, distribution, resume=resume)  # only the chief writes the run directory
     run_dir = run_dir_of(config)
+    state = load_state(run_dir, log) if resume else new_state()
+    if state["finished"]:
+        log(f"{run_dir} already finished: nothing to resume")
+        return RunResult(run_dir, read_run_json(run_dir / METRICS_FILE, fix=f"delete it and {STATE_FILE} to train again"))
     resolve_data_dir(config)
     # Recorded resolved: a resumed run then augments where its checkpointed model expects, on any machine.
     config.data.augment_placement = data_lib.resolve_augment_placement(config.data.augment_placement)
@@ -417,7 +482,10 @@ def train_run(
     data_report = check_before_training(config.data.data_dir, skip_bad=config.data.skip_bad, log=log)
     if resume:
         class_names = read_json(run_dir / CONFIG_FILE)["class_names"]
-        split = usable_split(data_lib.load_split(run_dir, class_names), data_report.bad_paths)
+        split = usable_split(
+            data_lib.load_split(run_dir, class_names), data_report.bad_paths,
+            skip_bad=config.data.skip_bad, run_dir=run_dir, log=log,
+        )
     else:
         split = data_lib.make_split(config.data, exclude=data_report.bad_paths)
     num_classes = len(split.class_names)
@@ -432,14 +500,12 @@ def train_run(
     with failed_writes_as_user_errors(run_dir):
         record_in_run(data_report, run_dir)
 
-    state = read_json(run_dir / STATE_FILE) if resume and (run_dir / STATE_FILE).exists() else new_state()
-    if state["finished"]:
-        log(f"{run_dir} already finished: nothing to resume")
-        return RunResult(run_dir, read_json(run_dir / METRICS_FILE))
     if not resume:
         config.model = complete_model_settings(config, num_classes)
-        write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
         data_lib.save_split(split, run_dir)
+        # Last: config.json marks the directory as holding a run that --resume can continue.
+        write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
+    finish_best_commit(run_dir, state)
 
     keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
     policy = set_precision(config.train.mixed_precision)
@@ -458,7 +524,7 @@ def train_run(
 
     with distribution.scope():  # variables created here are mirrored on every replica
         if state["checkpoint"]:
-            model = load_model(run_dir / "checkpoint" / state["checkpoint"])
+            model = load_checkpoint(run_dir, state["checkpoint"])
             log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
             if config.kind == "transfer":
                 from .transfer import apply_final_trainability
@@ -525,7 +591,8 @@ def train_run(
     if state["stopped"] == "nan":
         raise UserError(
             f"the loss became NaN or infinite in epoch {len(state['history'])}: the learning rate "
-            f"({config.train.learning_rate}) is probably too high; lower --learning-rate. "
+            f"({config.train.learning_rate}) is probably too high: start a new run with a lower --learning-rate "
+            f"(and another --name). "
             + (
                 f"The best model so far (epoch {state['best_epoch']}) is kept in {run_dir / BEST_MODEL}"
                 if state["best_epoch"]
@@ -533,6 +600,10 @@ def train_run(
             )
         )
 
+    if state["history"]:
+        # Again here: a kill between an epoch's state.json and its history leaves them out of step.
+        with failed_writes_as_user_errors(run_dir):
+            write_history(run_dir, state["history"], config.name)
     metrics = {
         **evaluate_best(run_dir, split, config, num_classes, state, counts),
         "distribution": scaling,

@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,3 +236,152 @@ def test_out_of_memory_suggests_a_smaller_batch_size(tiny_dataset: Path, tmp_pat
     config = tiny_run_config(tiny_dataset, tmp_path / "runs", batch_size=8)
     with pytest.raises(UserError, match=r"out of memory with --batch-size 8 .*try --batch-size 4"):
         training.train_run(config, verbose=0, log=quiet)
+
+
+# -- kills between the writes of one epoch, and files damaged or deleted before a resume ----------
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL at one exact line: the process stops there and writes nothing more."""
+
+
+def kill_once(monkeypatch, module, name: str, when: Callable[..., bool] = lambda *args: True) -> None:
+    """``module.name`` raises ``Killed`` the first time ``when(*args)`` holds, then works again, as after a restart."""
+    original, armed = getattr(module, name), [True]
+
+    def call(*args, **kwargs):
+        if armed[0] and when(*args):
+            armed[0] = False
+            raise Killed(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, call)
+
+
+def interrupted_run(dataset: Path, out: Path, monkeypatch, *, epochs: int = 2) -> Path:
+    """A run killed right after committing epoch 1 of ``epochs``."""
+    original = training.EpochCheckpoint.save_epoch
+
+    def save_then_die(checkpoint, epoch, logs=None):
+        original(checkpoint, epoch, logs)
+        raise Killed("after epoch 1")
+
+    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", save_then_die)
+    with pytest.raises(Killed):
+        training.train_run(tiny_run_config(dataset, out, epochs=epochs), verbose=0, log=quiet)
+    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", original)
+    run = out / "run"
+    assert epochs_saved(run) == 1
+    return run
+
+
+def validation_accuracy(run: Path, model_path: Path) -> float:
+    from inat_keras import data as data_lib
+    from inat_keras.augment import load_model
+
+    config = training.load_run_config(run)
+    class_names = json.loads((run / "config.json").read_text())["class_names"]
+    split = data_lib.load_split(run, class_names)
+    dataset = data_lib.make_dataset(split.validation, config.data, len(class_names), training=False)
+    return load_model(model_path).evaluate(dataset, verbose=0, return_dict=True)["accuracy"]
+
+
+def test_a_kill_between_the_epoch_commit_and_best_keras_is_completed_on_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "runs" / "run"
+    kill_once(monkeypatch, training, "publish_best")  # epoch 1 always improves: the first publication dies
+    with pytest.raises(Killed):
+        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=1), verbose=0, log=quiet)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["best_epoch"] == state["epochs_done"] == 1
+    assert not (run / "best.keras").exists(), "best.keras is published only after state.json"
+
+    result = training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    assert result.metrics["best_epoch"] == 1
+    # best.keras is the model of the epoch state.json names as the best, not some other epoch's.
+    assert validation_accuracy(run, run / "best.keras") == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+
+
+def test_best_keras_always_holds_the_epoch_state_json_names(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "runs" / "run"
+    seen = []
+
+    def check_best(checkpoint, epoch, logs=None):
+        original(checkpoint, epoch, logs)
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        seen.append((validation_accuracy(run, run / "best.keras"), state["best_val_accuracy"]))
+
+    original = training.EpochCheckpoint.save_epoch
+    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", check_best)
+    training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=4, learning_rate=0.01), verbose=0, log=quiet)
+    assert len(seen) == 4
+    for on_disk, recorded in seen:
+        assert on_disk == pytest.approx(recorded, abs=1e-6)
+
+
+def test_a_kill_before_the_last_epochs_history_is_written_is_mended_on_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "runs" / "run"
+    kill_once(monkeypatch, training, "write_history", lambda run_dir, history, title: len(history) == 2)
+    with pytest.raises(Killed):
+        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=2), verbose=0, log=quiet)
+    assert epochs_saved(run) == 2
+    with open(run / "history.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
+
+    training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    with open(run / "history.csv") as handle:
+        reader = csv.DictReader(handle)
+        assert [row["epoch"] for row in reader] == ["1", "2"]
+    columns = reader.fieldnames
+    assert columns[0] == "epoch" and columns[-2:] == ["seconds", "learning_rate"]
+    assert columns[1:-2] == sorted(columns[1:-2]), "the same column order as an uninterrupted run"
+
+
+def test_an_image_deleted_before_a_resume_is_named_or_skipped_before_training(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    run = interrupted_run(tiny_dataset, tmp_path / "runs", monkeypatch)
+    with open(run / "split.csv") as handle:
+        gone = next(row["path"] for row in csv.DictReader(handle) if row["subset"] == "train")
+    with open(run / "split.csv") as handle:
+        train_images = sum(row["subset"] == "train" for row in csv.DictReader(handle))
+    os.remove(gone)
+
+    with pytest.raises(UserError) as caught:
+        training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    message = str(caught.value)
+    assert f"1 image(s) in {run / 'split.csv'} no longer exist (the first: {gone})" in message and "--skip-bad" in message
+
+    config = training.load_run_config(run)
+    config.data.skip_bad = True
+    logged = []
+    result = training.train_run(config, resume=True, verbose=0, log=logged.append)
+    assert result.metrics["epochs_run"] == 2 and result.metrics["num_train_images"] == train_images - 1
+    assert any("skipping 1 image(s) deleted since the run started" in line for line in logged)
+
+
+def test_damaged_state_and_checkpoint_files_are_named_in_one_line(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    run = interrupted_run(tiny_dataset, tmp_path / "runs", monkeypatch)
+    state_file = run / "checkpoint" / "state.json"
+    checkpoint = run / "checkpoint" / json.loads(state_file.read_text())["checkpoint"]
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(UserError, match=re.escape(f"cannot load {checkpoint} (")) as caught:
+        training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    assert f"delete {state_file} to train again from epoch 1" in str(caught.value) and "\n" not in str(caught.value)
+
+    state_file.write_text('{"epochs_done": 1, "check')
+    with pytest.raises(UserError, match=re.escape(f"{state_file} is damaged (")):
+        training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+
+    state_file.unlink()  # now as if no epoch had finished: said, then trained from the start
+    logged = []
+    result = training.train_run(training.load_run_config(run), resume=True, verbose=0, log=logged.append)
+    assert any("has no finished epoch" in line and "starts at epoch 1" in line for line in logged)
+    assert result.metrics["epochs_run"] == 2
+
+
+def test_publishing_the_best_checkpoint_twice_leaves_no_temporary_file(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint" / "epoch-001.keras"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"model")
+    training.publish_best(tmp_path, checkpoint)
+    training.publish_best(tmp_path, checkpoint)  # a resume completing a publication that had finished
+    assert (tmp_path / "best.keras").read_bytes() == b"model"
+    assert not list(tmp_path.rglob(".*.tmp*"))

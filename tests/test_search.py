@@ -23,6 +23,7 @@ from inat_keras.search import (
     record_or_check,
     resolve_space,
     search_command,
+    set_aside_other_retrain,
     trial_config,
 )
 
@@ -85,6 +86,7 @@ def test_random_search_writes_the_sweep_analysis_and_retrains_the_best_trial(tmp
     assert config["data"]["batch_size"] == best["hyperparameters"]["batch_size"]
     assert "test_accuracy" in json.loads((run_dir / "metrics.json").read_text())
     assert "test accuracy" in capsys.readouterr().out
+    assert json.loads((search_dir / "retrained.json").read_text()) == {"trial_id": best["trial_id"]}
 
 
 def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, search_data) -> None:
@@ -255,6 +257,43 @@ def test_the_refusal_names_each_changed_setting_with_both_values(tmp_path) -> No
     with pytest.raises(UserError, match=re.escape(f"other settings ({expected}): re-run its own command")):
         record_or_check(tmp_path, changed)
     record_or_check(tmp_path, record)  # the same settings continue
+
+
+def test_a_search_continues_after_its_folder_was_moved_or_renamed(tmp_path) -> None:
+    base = RunConfig(name="s1", out="runs").to_dict()
+    base.pop("tracking")
+    record = {"tuner": "random", "executions_per_trial": 1, "space": {}, "base": base}
+    record_or_check(tmp_path, record)
+    record_or_check(tmp_path, {**record, "base": {**base, "name": "s2", "out": "/elsewhere"}})
+
+
+def test_a_new_best_trial_gets_its_own_retrain_and_the_old_one_is_set_aside(tmp_path) -> None:
+    run_dir, logged = tmp_path / "s", []
+    search_dir = run_dir / "search"
+    search_dir.mkdir(parents=True)
+    (search_dir / "trials.csv").write_text("kept\n")
+    for name in ("config.json", "metrics.json", "best.keras"):
+        (run_dir / name).write_text(name)
+    (search_dir / "retrained.json").write_text('{"trial_id": "0"}')
+
+    set_aside_other_retrain(run_dir, search_dir, "0", logged.append)  # the same best: its retrain resumes
+    assert (run_dir / "config.json").exists() and not logged
+
+    set_aside_other_retrain(run_dir, search_dir, "3", logged.append)
+    archive = run_dir / "retrain-trial-0"
+    assert sorted(path.name for path in archive.iterdir()) == ["best.keras", "config.json", "metrics.json"]
+    assert sorted(path.name for path in run_dir.iterdir()) == ["retrain-trial-0", "search"]
+    assert (search_dir / "trials.csv").read_text() == "kept\n"
+    assert logged == [f"the best configuration is now trial 3, no longer trial 0: its retrain moved to {archive}"]
+
+
+def test_a_damaged_trial_file_is_named_before_keras_tuner_reads_it(tmp_path, search_data) -> None:
+    args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain")
+    assert train_scratch_main(args) == 0
+    trial_file = next((tmp_path / "runs" / "s" / "search").glob("trial_*/trial.json"))
+    trial_file.write_text(trial_file.read_text()[:40])
+    with pytest.raises(UserError, match=re.escape(f"{trial_file} is damaged (")):
+        train_scratch_main(args)  # re-running the command continues the search
 
 
 def test_a_search_recorded_before_a_setting_existed_continues_with_its_default(tmp_path) -> None:

@@ -130,6 +130,34 @@ def test_an_existing_run_is_never_overwritten(tiny_dataset: Path, tmp_path: Path
     assert "--resume" in error
 
 
+def test_resume_refuses_flags_it_would_ignore(tmp_path: Path, capsys) -> None:
+    error = one_line_error(capsys, ["--resume", str(tmp_path / "runs" / "r"), "--epochs", "8", "--learning-rate", "0.1"])
+    assert "--epochs, --learning-rate cannot change them" in error and "another --name" in error
+    from inat_keras.finetune_cli import finetune_main
+    from inat_keras.cli import run_main
+
+    assert run_main(finetune_main, ["--resume", str(tmp_path / "runs" / "r"), "--backbone", "vgg16"]) == 2
+    assert "--backbone cannot change them" in capsys.readouterr().err
+
+
+def test_resume_applies_skip_bad_and_the_wandb_mode(tmp_path: Path) -> None:
+    import argparse
+
+    from inat_keras.cli import add_data_args, add_run_args, load_resume_config
+    from inat_keras.io import write_json
+
+    run = tmp_path / "runs" / "r"
+    write_json(run / "config.json", {**RunConfig(name="r", out=str(tmp_path / "elsewhere")).to_dict(), "class_names": ["a", "b"]})
+    parser = argparse.ArgumentParser()
+    add_run_args(parser)
+    add_data_args(parser)
+    config = load_resume_config(parser.parse_args(["--resume", str(run), "--skip-bad", "--wandb", "off", "--quiet"]), parser)
+    assert config.data.skip_bad and config.tracking.wandb == "off"
+    assert (config.out, config.name) == (str(tmp_path / "runs"), "r")  # where the run is now
+    unchanged = load_resume_config(parser.parse_args(["--resume", str(run)]), parser)
+    assert not unchanged.data.skip_bad and unchanged.tracking.wandb == "auto"
+
+
 def test_run_config_round_trips_and_refuses_unknown_settings() -> None:
     from inat_keras import UserError
 

@@ -86,7 +86,10 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--image-size", type=int, help=f"square input side in pixels (default {DataConfig.image_size})")
+    group.add_argument(
+        "--image-size", type=int,
+        help=f"square input side in pixels (default {DataConfig.image_size}; finetune.py: the backbone's native size)",
+    )
     group.add_argument("--val-split", type=float, help="fraction of train/ held out for validation (default 0.2)")
     group.add_argument("--seed", type=int, help="seed of the split, the shuffling and the initial weights (default 42)")
     group.add_argument("--batch-size", type=int)
@@ -106,7 +109,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--learning-rate", type=float)
     group.add_argument("--optimizer", choices=OPTIMIZERS)
     group.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    group.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 0; AdamW 1e-4)")
+    group.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 0, AdamW 1e-4; finetune.py 0.05)")
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES)
     group.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine decay")
@@ -163,7 +166,7 @@ def run_config_from_args(
         name=name,
         kind=kind,
         out=args.out,
-        demo=bool(args.demo and not args.data),
+        demo=bool(args.demo),
         data=data,
         model=model,
         train=TrainConfig(**pick(args, TrainConfig, defaults)),
@@ -250,7 +253,10 @@ def require_data(args: argparse.Namespace, doing: str) -> None:
     """Refuse a new run without data; say so when the demo data stands in for iNaturalist."""
     if not args.data and not args.demo:
         raise UserError(f"no dataset given: pass --data DIR, or --demo for the embedded digits; {REAL_DATA_HINT}")
-    if args.demo and not args.data:
+    if args.demo and args.data:
+        # --demo also brings the digits' settings (32 px, ...), which would silently shrink a real dataset.
+        raise UserError(f"--demo and --data {args.data}: pass one; --demo trains on the embedded digits with settings made for them")
+    if args.demo:
         print(f"Demo: {doing} on scikit-learn's 1,797 handwritten digits, written as PNG files (not iNaturalist).")
 
 

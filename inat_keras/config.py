@@ -39,6 +39,12 @@ class DataConfig:
     cache: str = "memory"
     skip_bad: bool = False
 
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.image_size < 1:
+            raise UserError(f"--image-size {self.image_size}: must be at least 1 pixel")
+
 
 @dataclass
 class CNNConfig:
@@ -95,6 +101,14 @@ class CNNConfig:
         for name in ("conv_dropout", "dense_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1)")
+        for flag, values in (("--filters", self.block_filters()), ("--kernel-size", self.block_kernels())):
+            if min(values) < 1:
+                raise UserError(f"{flag} {values}: every value must be at least 1")
+        if self.dense_units and min(self.dense_units) < 1:
+            raise UserError(
+                f"--dense-units {self.dense_units}: every layer needs at least 1 unit "
+                f"(for no dense layer before the output, pass --dense-units '')"
+            )
 
 
 @dataclass

@@ -74,7 +74,15 @@ def discover_dataset(
         raise UserError(f"data directory {root} does not exist: pass --data DIR with train/ and val/ inside, or --demo")
     for subset in ("train", "val"):
         if not (root / subset).is_dir():
-            raise UserError(f"{root / subset} is missing: the data directory needs train/<class>/ and val/<class>/ folders")
+            parent = root.parent
+            hint = (
+                f"; {root} looks like one of them, so pass its parent: --data {parent}"
+                if root.name in ("train", "val") and (parent / "train").is_dir() and (parent / "val").is_dir()
+                else ""
+            )
+            raise UserError(
+                f"{root / subset} is missing: the data directory needs train/<class>/ and val/<class>/ folders{hint}"
+            )
     subsets = {}
     for subset in ("train", "val"):
         folder = root / subset

@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m inat_keras check-data",
         description="Decode every image of a dataset once and report unusable files, duplicates and class balance. "
-        "Exit status 1 when some images are unusable.",
+        "Exit status 1 when some images are unusable or training would refuse the folder layout.",
     )
     parser.add_argument("dir", metavar="DIR", help="dataset root with train/<class>/ and val/<class>/ (or class folders)")
     parser.add_argument("--json", metavar="FILE", help="also write the complete report as JSON")
@@ -586,4 +586,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as error:
             raise UserError(f"cannot write {args.json} ({error.strerror}): choose a writable --json path") from None
         print(f"report: {args.json}")
-    return 1 if report.bad else 0
+    layout_problem = training_layout_problem(Path(args.dir), report)
+    if layout_problem:
+        print(f"problem: {layout_problem}")
+    return 1 if report.bad or layout_problem else 0
+
+
+def training_layout_problem(root: Path, report: DataReport) -> str | None:
+    """Why training would refuse a train/ + val/ dataset even when every image is usable, if it would."""
+    if not ((root / "train").is_dir() or (root / "val").is_dir()):
+        return None  # bare class folders: a layout the check reads but training does not ask for
+    try:
+        data_lib.discover_dataset(root, exclude=report.bad_paths)
+    except UserError as error:
+        return str(error)
+    return None

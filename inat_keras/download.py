@@ -90,20 +90,21 @@ def fetch(url: str, target: Path, *, progress: bool = True, timeout: float = 60.
     return target
 
 
-def check_archive(archive: Path) -> None:
+def check_archive(archive: Path, fix: str = "delete it and download again") -> None:
     """Every member's CRC, so a damaged download is caught before extraction."""
     try:
         with zipfile.ZipFile(archive) as bundle:
             broken = bundle.testzip()
     except zipfile.BadZipFile:
-        raise UserError(f"{archive} is not a complete zip archive: delete it and download again") from None
+        raise UserError(f"{archive} is not a complete zip archive: {fix}") from None
     if broken is not None:
-        raise UserError(f"{archive} is damaged ({broken} fails its CRC check): delete it and download again")
+        raise UserError(f"{archive} is damaged ({broken} fails its CRC check): {fix}")
 
 
-def extract(archive: Path, dest: Path) -> Path:
+def extract(archive: Path, dest: Path, *, downloaded: bool = True) -> Path:
     """Extract into ``dest`` through a staging folder; returns the dataset root."""
-    check_archive(archive)
+    # Deleting a file the user handed over is no advice; re-downloading our own copy is.
+    check_archive(archive, "delete it and download again" if downloaded else "give the path of the iNaturalist-12K zip, nature_12K.zip")
     staging = dest / f".extracting-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(archive) as bundle:
@@ -132,6 +133,7 @@ def download_dataset(
     """Fetch (or take ``archive``), check and extract the dataset; returns ``dest/inaturalist_12K``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    downloaded = archive is None
     if archive is not None:
         archive = Path(archive)
         if not archive.is_file():
@@ -140,7 +142,7 @@ def download_dataset(
         archive = dest / Path(urllib.parse.urlparse(url).path).name
         if not archive.is_file():
             fetch(url, archive, progress=progress)
-    root = extract(archive, dest)
+    root = extract(archive, dest, downloaded=downloaded)
     if not keep_archive and archive.parent == dest:
         archive.unlink()
     return root

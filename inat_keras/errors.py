@@ -6,3 +6,11 @@ class UserError(Exception):
 
     Command-line tools print it without a traceback and exit with status 2.
     """
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line for a UserError: whitespace collapsed, cut at a word with an ellipsis."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"

@@ -94,7 +94,13 @@ def predict_files(trained: TrainedModel, files: LabelledFiles, *, tta: bool, bat
         if tta:
             flipped.append(predict_probabilities(trained.model, batch.images, flip=True))
     if not kept.paths:
-        raise UserError(f"none of the {len(files)} test images could be read (first: {skipped[0]['path']})")
+        first = skipped[0]["path"]
+        if not any(Path(entry["path"]).exists() for entry in skipped):
+            raise UserError(
+                f"none of the {len(files)} test images exists (the first: {first}): if the dataset moved, "
+                f"pass --data DIR with its new location"
+            )
+        raise UserError(f"none of the {len(files)} test images could be read (first: {first}: {skipped[0]['error']})")
     probabilities = np.concatenate(plain)
     tta_probabilities = (probabilities + np.concatenate(flipped)) / 2 if tta else None
     return Predictions(kept, probabilities, tta_probabilities, skipped)
@@ -293,7 +299,7 @@ def format_summary(metrics: dict[str, Any], out_dir: Path) -> str:
             f"  ({tta['changed_predictions']} predictions changed)"
         )
     lines.append(f"macro F1 {metrics['macro_avg']['f1']:.4f}  weighted F1 {metrics['weighted_avg']['f1']:.4f}")
-    lines.append(f"written: {out_dir}/metrics.json, confusion_matrix.png, prediction_grid.png, mistakes.csv")
+    lines.append(f"written: {out_dir}/metrics.json, confusion_matrix.png, prediction_grid.png, prediction_grid.csv, mistakes.csv")
     return "\n".join(lines)
 
 

@@ -325,10 +325,17 @@ def plot_gradcam(image: np.ndarray, maps: dict[str, np.ndarray], layer: str, pat
 
 
 def default_image(trained: TrainedModel) -> str:
+    """The run's first test image that still exists (the dataset may have moved since training)."""
     if trained.run_dir is not None and (trained.run_dir / "split.csv").is_file():
-        for row in read_csv(trained.run_dir / "split.csv"):
-            if row["subset"] == "test":
-                return row["path"]
+        tests = [row["path"] for row in read_csv(trained.run_dir / "split.csv") if row["subset"] == "test"]
+        for path in tests:
+            if Path(path).is_file():
+                return path
+        if tests:
+            raise UserError(
+                f"no --image given, and none of the {len(tests)} test images in {trained.run_dir / 'split.csv'} exists "
+                f"any more (the first: {tests[0]}): pass --image FILE"
+            )
     raise UserError(
         f"no --image given and {trained.model_path} has no run split.csv to take a test image from: pass --image FILE"
     )
@@ -381,6 +388,17 @@ def write_gradcam(model, image: np.ndarray, last_conv: str, predicted: int, out_
     return {name: {"std": float(cam.std()), "max_at": peak(cam)} for name, cam in cams.items()}
 
 
+def gradcam_warnings(model, last_conv: str, image_size: int) -> list[str]:
+    """Grad-CAM on a 1x1 map has one cell: a uniform picture that shows nothing, said so instead of left blank."""
+    height, width = (int(side) for side in model.get_layer(last_conv).output.shape[1:3])
+    if height * width > 1:
+        return []
+    return [
+        f"{last_conv} is 1x1 at {image_size} px, so Grad-CAM has a single cell and cannot show where the model "
+        f"looked: train at a larger --image-size"
+    ]
+
+
 def explain(trained: TrainedModel, out_dir: Path, *, image_path: str | None = None, seed: int = 0) -> dict[str, Any]:
     """Write filters.png, feature_maps_<layer>.png, guided_backprop.png, gradcam.png and explain.json."""
     image_path = image_path or default_image(trained)
@@ -402,6 +420,7 @@ def explain(trained: TrainedModel, out_dir: Path, *, image_path: str | None = No
         "feature_maps": write_feature_maps(model, image, last_conv, out_dir, title),
         "guided_backprop": write_guided_backprop(model, image, last_conv, out_dir, title, seed),
         "gradcam": write_gradcam(model, image, last_conv, predicted, out_dir, title),
+        "warnings": gradcam_warnings(model, last_conv, trained.image_size),
     }
     write_json(out_dir / "explain.json", summary)
     return summary
@@ -423,4 +442,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     maps = ", ".join(item["file"] for item in summary["feature_maps"])
     print(f"{summary['image']}: predicted {summary['predicted_class']} ({summary['probability']:.1%})")
     print(f"written to {out_dir}: filters.png, {maps}, guided_backprop.png, gradcam.png, explain.json")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
     return 0

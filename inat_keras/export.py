@@ -165,15 +165,22 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
     replace_existing(staging)
     model = serving_model(trained.model)
     EXPORTERS[fmt](model, staging)
-    replace_existing(path)
-    os.replace(staging, path)
 
+    # Checked before it takes the file's name: a refused export must never sit where scripts look.
     images = check_images(trained)
     expected = np.asarray(model(images, training=False), dtype=np.float32)
-    actual = RUNNERS[fmt](path)(images)
+    actual = RUNNERS[fmt](staging)(images)
     difference = float(np.abs(actual - expected).max())
+    accepted = difference <= tolerance
+    if not accepted:
+        path = out_dir / f"refused-{path.name}"  # kept for inspection; the usual name is removed
+        replace_existing(out_dir / FILE_NAMES[fmt])
+    replace_existing(path)
+    os.replace(staging, path)
     result = {
         "format": fmt,
+        "accepted": accepted,
+        "tolerance": tolerance,
         "path": str(path),
         "bytes": size_of(path),
         "max_abs_difference": difference,
@@ -186,10 +193,10 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
         trained_outputs = np.asarray(trained.model(images, training=False), dtype=np.float32)
         result["float32_vs_mixed_precision_difference"] = float(np.abs(expected - trained_outputs).max())
     record_export(out_dir, result)
-    if difference > tolerance:
+    if not accepted:
         raise UserError(
-            f"{path}: the {fmt} export differs from the Keras model by {difference:.2e} (more than {tolerance:g}) "
-            "on the check images; do not use it"
+            f"the {fmt} export differs from the Keras model by {difference:.2e} (more than {tolerance:g}) "
+            f"on the check images: refused, kept as {path} for inspection and marked in {out_dir / 'export.json'}"
         )
     return result
 

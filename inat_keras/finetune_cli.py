@@ -85,10 +85,16 @@ def transfer_settings(args: argparse.Namespace) -> dict[str, Any]:
     return model
 
 
+def describe(defaults: dict[str, Any]) -> str:
+    return ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in defaults.items())
+
+
 def finetune_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="finetune.py",
         description="Fine-tune an ImageNet backbone (keras.applications) on a folder-per-class dataset.",
+        epilog="Defaults for a flag left out: " + describe(FINETUNE_DEFAULTS)
+        + "; --image-size: the backbone's native size. With --demo: " + describe(DEMO_DEFAULTS) + ".",
     )
     add_run_args(parser)
     add_data_args(parser)

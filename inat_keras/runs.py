@@ -63,6 +63,8 @@ def locate_model(source: str | os.PathLike) -> tuple[Path, Path | None]:
         if not model_path.is_file():
             raise UserError(f"{path} holds no {BEST_MODEL}: pass a finished run directory or a .keras file")
         return model_path, path
+    if not path.exists():
+        raise UserError(f"{path} does not exist: pass a run directory (runs/<name>) or a .keras model file")
     if path.suffix != ".keras":
         raise UserError(f"{path}: expected a run directory or a .keras model file")
     if not path.is_file():
@@ -134,6 +136,8 @@ def decode_or_error(path: str, size: int) -> np.ndarray | str:
     try:
         return load_image(path, size)
     except Exception as error:  # Pillow raises many types (OSError, ValueError, DecompressionBombError...)
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "zero bytes"  # as the data check says it; Pillow only says it cannot identify the file
         return read_error(error)
 
 

@@ -674,6 +674,7 @@ def run_search(
 
     settings.validate()
     base.train.validate()
+    base.data.validate()
     if base.train.distribute != "none":
         raise UserError(
             f"--distribute {base.train.distribute} with --tuner: trials run on one device each; spread a search over "
@@ -682,6 +683,7 @@ def run_search(
     role = tuner_role()
     configure_devices()
     resolve_data_dir(base)
+    data_lib.discover_dataset(base.data.data_dir)  # the folder layout first: it costs no decoding
     data_report = check_before_training(base.data.data_dir, skip_bad=base.data.skip_bad, log=log)
     split = data_lib.make_split(base.data, exclude=data_report.bad_paths)
     check_space_fits(base, settings.space, len(split.class_names))

@@ -385,7 +385,7 @@ def write_analysis(search_dir: str | Path) -> Analysis:
     write_text(search_dir / "summary.md", summary_text(title, trials, moving, importance, tuner))
 
     done = ranked(trials)
-    headline = f"search: {len(trials)} trials ({len(done)} completed) in {search_dir}"
+    headline = f"search: {len(trials)} trial{'s' * (len(trials) != 1)} ({len(done)} completed) in {search_dir}"
     if best:
         headline += f"; best val accuracy {best[OBJECTIVE]:.4f} (trial {best['trial_id']})"
     files = [search_dir / name for name in ANALYSIS_FILES]

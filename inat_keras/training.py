@@ -33,7 +33,7 @@ from .distribute import (
     scaled_learning_rate,
     shard_by_data,
 )
-from .errors import UserError
+from .errors import UserError, brief
 from .io import atomic_write, read_json, write_csv, write_json, write_text
 
 CONFIG_FILE = "config.json"
@@ -392,6 +392,29 @@ def remove_temporaries(run_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+class Interrupted(UserError):
+    """Ctrl-C during training: the run directory is kept for --resume, even before its first epoch."""
+
+
+@contextmanager
+def released_if_unstarted(run_dir: Path, *, fresh: bool, created: bool) -> Iterator[None]:
+    """Give a new run's name back if the block fails before any epoch is committed.
+
+    Otherwise a bad --weights file, an out-of-memory first step or a refused setting would leave a
+    config.json behind, and the corrected command would be told the name already holds a run.
+    """
+    try:
+        yield
+    except Exception as error:
+        if fresh and not isinstance(error, Interrupted) and not (run_dir / STATE_FILE).exists():
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # a search's folder, say: remove only what this run wrote
+                for name in (CONFIG_FILE, data_lib.SPLIT_FILE, "data-check.json", "skipped-images.csv"):
+                    (run_dir / name).unlink(missing_ok=True)
+        raise
+
+
 def load_state(run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """The resumed run's state; a fresh one, said aloud, when no epoch was committed yet."""
     path = run_dir / STATE_FILE
@@ -410,7 +433,7 @@ def load_checkpoint(run_dir: Path, name: str):
     try:
         return load_model(path)
     except Exception as error:  # Keras reports a damaged archive as several different errors
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = brief(error)
         raise UserError(
             f"cannot load {path} ({reason}); if it is damaged, delete {run_dir / STATE_FILE} to train again from epoch 1"
         ) from None
@@ -466,6 +489,7 @@ def train_run(
     import keras
 
     config.train.validate()
+    config.data.validate()
     configure_devices()  # first: memory growth and MultiWorkerMirroredStrategy precede any TensorFlow operation
     distribution = make_distribution(config.train.distribute)
     config = config_for_worker(config, distribution, resume=resume)  # only the chief writes the run directory
@@ -479,6 +503,8 @@ def train_run(
     config.data.augment_placement = data_lib.resolve_augment_placement(config.data.augment_placement)
     from .datacheck import check_before_training, record_in_run, usable_split
 
+    if not resume:
+        data_lib.discover_dataset(config.data.data_dir)  # the folder layout first: it costs no decoding
     data_report = check_before_training(config.data.data_dir, skip_bad=config.data.skip_bad, log=log)
     if resume:
         class_names = read_json(run_dir / CONFIG_FILE)["class_names"]
@@ -495,110 +521,112 @@ def train_run(
         from .transfer import validate_transfer
 
         validate_transfer(config, num_classes)
+    created = not run_dir.exists()
     prepare_run_dir(run_dir, resume=resume)
-    remove_temporaries(run_dir)
-    with failed_writes_as_user_errors(run_dir):
-        record_in_run(data_report, run_dir)
+    # A new run that fails before its first epoch is committed gives its name back.
+    with released_if_unstarted(run_dir, fresh=not resume, created=created):
+        remove_temporaries(run_dir)
+        with failed_writes_as_user_errors(run_dir):
+            record_in_run(data_report, run_dir)
 
-    if not resume:
-        config.model = complete_model_settings(config, num_classes)
-        data_lib.save_split(split, run_dir)
-        # Last: config.json marks the directory as holding a run that --resume can continue.
-        write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
-    finish_best_commit(run_dir, state)
+        if not resume:
+            config.model = complete_model_settings(config, num_classes)
+            data_lib.save_split(split, run_dir)
+            # Last: config.json marks the directory as holding a run that --resume can continue.
+            write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
+        finish_best_commit(run_dir, state)
 
-    keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
-    policy = set_precision(config.train.mixed_precision)
-    # --batch-size is per replica: one step takes a global batch from the pipeline.
-    global_data = replace(config.data, batch_size=distribution.global_batch_size(config.data.batch_size))
-    datasets = {
-        "train": data_lib.make_dataset(split.train, global_data, num_classes, training=True, cache_name="train"),
-        "validation": data_lib.make_dataset(split.validation, global_data, num_classes, training=False, cache_name="val"),
-    }
-    datasets = {name: shard_by_data(dataset, distribution) for name, dataset in datasets.items()}
-    steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
-    learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
-    scaling = distribution_report(distribution, config, learning_rate)
-    if distribution.mode != "none":
-        log(f"distribution {distribution.describe()}; {describe_scaling(scaling)}")
+        keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
+        policy = set_precision(config.train.mixed_precision)
+        # --batch-size is per replica: one step takes a global batch from the pipeline.
+        global_data = replace(config.data, batch_size=distribution.global_batch_size(config.data.batch_size))
+        datasets = {
+            "train": data_lib.make_dataset(split.train, global_data, num_classes, training=True, cache_name="train"),
+            "validation": data_lib.make_dataset(split.validation, global_data, num_classes, training=False, cache_name="val"),
+        }
+        datasets = {name: shard_by_data(dataset, distribution) for name, dataset in datasets.items()}
+        steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
+        learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
+        scaling = distribution_report(distribution, config, learning_rate)
+        if distribution.mode != "none":
+            log(f"distribution {distribution.describe()}; {describe_scaling(scaling)}")
 
-    with distribution.scope():  # variables created here are mirrored on every replica
-        if state["checkpoint"]:
-            model = load_checkpoint(run_dir, state["checkpoint"])
-            log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
-            if config.kind == "transfer":
-                from .transfer import apply_final_trainability
+        with distribution.scope():  # variables created here are mirrored on every replica
+            if state["checkpoint"]:
+                model = load_checkpoint(run_dir, state["checkpoint"])
+                log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
+                if config.kind == "transfer":
+                    from .transfer import apply_final_trainability
 
-                apply_final_trainability(model, config)  # a phase-1 checkpoint is still frozen
-        else:
-            model = build_model(config, num_classes)
-            compile_model(model, config, steps_per_epoch, learning_rate)
-    adapt_model_to_multiworker(model, distribution)
-    counts = model_counts(config, model, num_classes)
-    log(
-        f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
-        f"{counts['macs'] / 1e6:,.1f} M multiply-accumulates per image; precision {policy}; "
-        f"XLA {'on' if model.jit_compile else 'off'}; "
-        f"{len(split.train)} train / {len(split.validation)} validation / {len(split.test)} test images"
-    )
-
-    from .tracking import start_wandb
-
-    wandb_run = start_wandb(
-        config.tracking,
-        run_dir,
-        name=config.name,
-        config={**config.to_dict(), **counts},
-        resume_id=state.setdefault("wandb_id", None),
-    )
-    if wandb_run is not None:
-        state["wandb_id"] = wandb_run.run.id
-
-    callbacks: list = [EpochCheckpoint(run_dir, state, config.train.early_stopping, title=config.name)]
-    if config.train.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-6))
-    if wandb_run is not None:
-        callbacks.extend(wandb_run.callbacks())
-
-    if state["epochs_done"] < config.train.epochs and not state["stopped"]:
-        try:
-            if config.kind == "transfer":
-                from .transfer import fit_transfer
-
-                fit_transfer(
-                    model, config, datasets, state, callbacks, steps_per_epoch=steps_per_epoch,
-                    learning_rate=learning_rate, verbose=verbose, log=log,
-                )
+                    apply_final_trainability(model, config)  # a phase-1 checkpoint is still frozen
             else:
-                model.fit(
-                    datasets["train"],
-                    validation_data=datasets["validation"],
-                    epochs=config.train.epochs,
-                    initial_epoch=state["epochs_done"],
-                    shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
-                    callbacks=callbacks,
-                    verbose=verbose,
-                )
-        except KeyboardInterrupt:
-            raise UserError(
-                f"interrupted after epoch {state['epochs_done']}: continue with "
-                f"`python {'finetune.py' if config.kind == 'transfer' else 'train_scratch.py'} --resume {run_dir}`"
-            ) from None
-        except Exception as error:
-            if is_out_of_memory(error):
-                raise UserError(out_of_memory_message(config, run_dir)) from None
-            raise
-    if state["stopped"] == "nan":
-        raise UserError(
-            f"the loss became NaN or infinite in epoch {len(state['history'])}: the learning rate "
-            f"({config.train.learning_rate}) is probably too high: start a new run with a lower --learning-rate "
-            f"(and another --name). "
-            + (
-                f"The best model so far (epoch {state['best_epoch']}) is kept in {run_dir / BEST_MODEL}"
-                if state["best_epoch"]
-                else "No epoch finished with a finite loss, so there is no best model"
-            )
+                model = build_model(config, num_classes)
+                compile_model(model, config, steps_per_epoch, learning_rate)
+        adapt_model_to_multiworker(model, distribution)
+        counts = model_counts(config, model, num_classes)
+        log(
+            f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
+            f"{counts['macs'] / 1e6:,.1f} M multiply-accumulates per image; precision {policy}; "
+            f"XLA {'on' if model.jit_compile else 'off'}; "
+            f"{len(split.train)} train / {len(split.validation)} validation / {len(split.test)} test images"
         )
+
+        from .tracking import start_wandb
+
+        wandb_run = start_wandb(
+            config.tracking,
+            run_dir,
+            name=config.name,
+            config={**config.to_dict(), **counts},
+            resume_id=state.setdefault("wandb_id", None),
+        )
+        if wandb_run is not None:
+            state["wandb_id"] = wandb_run.run.id
+
+        callbacks: list = [EpochCheckpoint(run_dir, state, config.train.early_stopping, title=config.name)]
+        if config.train.lr_schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-6))
+        if wandb_run is not None:
+            callbacks.extend(wandb_run.callbacks())
+
+        if state["epochs_done"] < config.train.epochs and not state["stopped"]:
+            try:
+                if config.kind == "transfer":
+                    from .transfer import fit_transfer
+
+                    fit_transfer(
+                        model, config, datasets, state, callbacks, steps_per_epoch=steps_per_epoch,
+                        learning_rate=learning_rate, verbose=verbose, log=log,
+                    )
+                else:
+                    model.fit(
+                        datasets["train"],
+                        validation_data=datasets["validation"],
+                        epochs=config.train.epochs,
+                        initial_epoch=state["epochs_done"],
+                        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
+                        callbacks=callbacks,
+                        verbose=verbose,
+                    )
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted after epoch {state['epochs_done']}: continue with "
+                    f"`python {'finetune.py' if config.kind == 'transfer' else 'train_scratch.py'} --resume {run_dir}`"
+                ) from None
+            except Exception as error:
+                if is_out_of_memory(error):
+                    raise UserError(out_of_memory_message(config, run_dir)) from None
+                raise
+        if state["stopped"] == "nan":
+            raise UserError(
+                f"the loss became NaN or infinite in epoch {len(state['history'])}: the learning rate "
+                f"({config.train.learning_rate}) is probably too high: start a new run with a lower --learning-rate"
+                + (
+                    f" and another --name. The best model so far (epoch {state['best_epoch']}) is kept in {run_dir / BEST_MODEL}"
+                    if state["best_epoch"]
+                    else ". No epoch finished with a finite loss, so there is no best model, and the name is free again"
+                )
+            )
 
     if state["history"]:
         # Again here: a kill between an epoch's state.json and its history leaves them out of step.

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import RunConfig, TransferConfig, from_dict
 from .data import is_augmentation_layer
-from .errors import UserError
+from .errors import UserError, brief
 
 # Layers this module adds around a backbone; every other layer of a transfer model is the backbone's.
 INPUT_NAME = "image"
@@ -108,7 +108,7 @@ def is_download_failure(error: Exception) -> bool:
 
 
 def download_failure_message(backbone: Backbone, error: Exception) -> str:
-    reason = " ".join(str(error).split())[:200]
+    reason = brief(error)
     return (
         f"could not download the ImageNet weights of {backbone.name} ({reason}): pass --weights PATH to a local "
         f"no-top weights file (Keras caches them in ~/.keras/models on a machine with internet), or --weights none"
@@ -125,7 +125,7 @@ def build_backbone_on(backbone: Backbone, tensor, weights: str | None):
         if weights == "imagenet" and is_download_failure(error):
             raise UserError(download_failure_message(backbone, error)) from None
         if weights not in (None, "imagenet"):
-            reason = " ".join(str(error).split())[:200]
+            reason = brief(error)
             raise UserError(
                 f"--weights {weights} does not fit {backbone.name} ({reason}): pass the no-top weights file "
                 f"of this backbone, 'imagenet' or 'none'"

@@ -186,6 +186,27 @@ def test_check_data_prints_the_report_writes_json_and_exits_1_on_bad_files(tmp_p
     assert "0 unusable" in capsys.readouterr().out
 
 
+def test_check_data_fails_a_layout_training_would_refuse(tmp_path: Path, capsys) -> None:
+    root = make_dataset_root(tmp_path / "data")
+    (root / "val" / "class_c").rename(root / "val" / "class_z")
+    assert inat_main(["check-data", str(root), "--quiet"]) == 1
+    assert "problem: train/ and val/ in" in capsys.readouterr().out
+
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val").mkdir()
+    assert inat_main(["check-data", str(empty), "--quiet"]) == 1
+    assert f"problem: {empty / 'train'} has no class folders" in capsys.readouterr().out
+
+
+def test_a_data_folder_one_level_too_deep_is_named_before_any_decoding(tmp_path: Path) -> None:
+    root = make_dataset_root(tmp_path / "data")
+    logged: list[str] = []
+    with pytest.raises(UserError, match=f"looks like one of them, so pass its parent: --data {root}$"):
+        train_run(tiny_run_config(root / "train", tmp_path / "runs"), verbose=0, log=logged.append)
+    assert not [line for line in logged if "decod" in line], logged
+
+
 def test_check_data_names_a_missing_directory(tmp_path: Path, capsys) -> None:
     assert inat_main(["check-data", str(tmp_path / "nowhere")]) == 2
     assert f"data directory {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

@@ -116,9 +116,16 @@ def test_unreachable_server_gives_one_line_message_naming_archive_flag(tmp_path:
 def test_damaged_archive_is_refused_before_extraction(tmp_path: Path) -> None:
     broken = tmp_path / "nature_12K.zip"
     broken.write_bytes(make_archive()[:-100])
-    with pytest.raises(UserError, match="not a complete zip"):
-        download_dataset(tmp_path / "out", archive=broken)
+    with pytest.raises(UserError, match="not a complete zip archive: give the path of the iNaturalist-12K zip"):
+        download_dataset(tmp_path / "out", archive=broken)  # the user's own file: no advice to delete it
     assert not (tmp_path / "out" / "inaturalist_12K").exists()
+    assert broken.exists()
+
+    ours = tmp_path / "dl" / "nature_12K.zip"  # a copy an earlier download left cut off
+    ours.parent.mkdir()
+    ours.write_bytes(make_archive()[:-100])
+    with pytest.raises(UserError, match="not a complete zip archive: delete it and download again"):
+        download_dataset(tmp_path / "dl", url="http://127.0.0.1:9/nature_12K.zip")
 
 
 def test_local_archive_flag_extracts_without_network(tmp_path: Path, capsys) -> None:

@@ -142,3 +142,30 @@ def test_the_cli_reports_a_missing_run_in_one_line_with_status_2(tmp_path, capsy
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "nope" in error and error.count("\n") == 1
+
+
+def run_with_moved_dataset(scratch_run: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose split.csv names images under a folder that no longer exists."""
+    import shutil
+
+    from inat_keras.io import write_csv
+
+    moved = tmp_path / "run"
+    shutil.copytree(scratch_run, moved)
+    rows = read_csv(moved / "split.csv")
+    for row in rows:
+        row["path"] = str(tmp_path / "gone" / Path(row["path"]).name)
+    write_csv(moved / "split.csv", ("path", "label", "subset"), [(r["path"], r["label"], r["subset"]) for r in rows])
+    return moved
+
+
+def test_a_run_whose_dataset_moved_says_so_and_names_the_flag(scratch_run, tmp_path, capsys) -> None:
+    from inat_keras.__main__ import main as inat_main
+
+    moved = run_with_moved_dataset(scratch_run, tmp_path)
+    assert inat_main(["evaluate", str(moved)]) == 2
+    error = capsys.readouterr().err
+    assert "test images exists (the first: " in error and "pass --data DIR with its new location" in error
+    assert inat_main(["explain", str(moved)]) == 2
+    error = capsys.readouterr().err
+    assert "no --image given, and none of the" in error and "exists any more" in error and "pass --image FILE" in error

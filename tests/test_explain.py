@@ -98,6 +98,7 @@ def test_gradcam_maps_the_predicted_class_and_is_non_constant(scratch_explained)
     assert summary["last_conv_layer"] == "conv5"
     assert set(summary["gradcam"]) == {"Grad-CAM", "Grad-CAM++"}
     assert all(values["std"] > 0.01 for values in summary["gradcam"].values())
+    assert summary["warnings"] == []
 
 
 def test_guided_relu_layers_pass_only_positive_gradients_where_relu6_is_open():
@@ -133,3 +134,17 @@ def test_mobilenetv2_gradcam_and_guided_backprop_use_the_registry_last_conv_laye
     assert len(summary["feature_maps"]) == 5
     for name in ("filters.png", "gradcam.png", "guided_backprop.png"):
         assert png_pixels(run / "explain" / name, 400, 250).std() > 10
+
+
+def test_a_one_cell_last_feature_map_is_warned_about_not_drawn_blank_silently():
+    import keras
+
+    from inat_keras.explain import gradcam_warnings
+
+    inputs = keras.Input((4, 4, 3))
+    wide = keras.layers.Conv2D(2, 3, padding="same", name="wide")(inputs)
+    single = keras.layers.Conv2D(2, 4, name="single")(wide)  # 4x4 -> 1x1
+    model = keras.Model(inputs, keras.layers.Flatten()(single))
+    assert gradcam_warnings(model, "wide", 4) == []
+    (warning,) = gradcam_warnings(model, "single", 4)
+    assert warning.startswith("single is 1x1 at 4 px") and "--image-size" in warning

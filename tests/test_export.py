@@ -70,6 +70,7 @@ def test_each_export_round_trips_within_tolerance(scratch_run, batch, tmp_path, 
     images, expected = batch
     assert np.abs(reload(path, images) - expected).max() < 1e-4
     assert read_json(tmp_path / "export.json")[fmt]["max_abs_difference"] == result["max_abs_difference"]
+    assert read_json(tmp_path / "export.json")[fmt]["accepted"] is True
     assert not list(tmp_path.glob(".partial-*"))
 
 
@@ -102,7 +103,10 @@ def test_an_export_that_disagrees_beyond_the_tolerance_is_refused(scratch_run, t
     monkeypatch.setitem(export.RUNNERS, "savedmodel", lambda path: lambda images: reload(path)(images) + 0.01)
     with pytest.raises(UserError, match="differs from the Keras model by 1.00e-02"):
         export.export_model(load_trained(scratch_run), "savedmodel", tmp_path)
-    assert read_json(tmp_path / "export.json")["savedmodel"]["max_abs_difference"] == pytest.approx(0.01, abs=1e-6)
+    record = read_json(tmp_path / "export.json")["savedmodel"]
+    assert record["max_abs_difference"] == pytest.approx(0.01, abs=1e-6) and record["accepted"] is False
+    assert record["path"] == str(tmp_path / "refused-savedmodel") and (tmp_path / "refused-savedmodel").is_dir()
+    assert not (tmp_path / "savedmodel").exists(), "nothing refused sits under the usual name"
 
 
 def test_a_mixed_precision_model_is_exported_in_float32_so_tflite_can_run_it(tmp_path):

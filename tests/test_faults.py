@@ -236,6 +236,7 @@ def test_out_of_memory_suggests_a_smaller_batch_size(tiny_dataset: Path, tmp_pat
     config = tiny_run_config(tiny_dataset, tmp_path / "runs", batch_size=8)
     with pytest.raises(UserError, match=r"out of memory with --batch-size 8 .*try --batch-size 4"):
         training.train_run(config, verbose=0, log=quiet)
+    assert not (tmp_path / "runs" / "run").exists(), "the retry with a smaller batch may use the same --name"
 
 
 # -- kills between the writes of one epoch, and files damaged or deleted before a resume ----------
@@ -385,3 +386,34 @@ def test_publishing_the_best_checkpoint_twice_leaves_no_temporary_file(tmp_path:
     training.publish_best(tmp_path, checkpoint)  # a resume completing a publication that had finished
     assert (tmp_path / "best.keras").read_bytes() == b"model"
     assert not list(tmp_path.rglob(".*.tmp*"))
+
+
+def test_a_new_run_that_fails_before_its_first_epoch_gives_its_name_back(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    kill_once(monkeypatch, training, "build_model")  # as a --weights file that does not fit would
+    config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=1)
+    with pytest.raises(Killed):
+        training.train_run(config, verbose=0, log=quiet)
+    assert not (tmp_path / "runs" / "run").exists()
+    assert training.train_run(config, verbose=0, log=quiet).metrics["epochs_run"] == 1  # the corrected command
+
+    # In a folder that was there before (a search's), only the run's own files go.
+    search_files = tmp_path / "runs" / "s" / "search"
+    search_files.mkdir(parents=True)
+    (search_files / "oracle.json").write_text("{}")
+    kill_once(monkeypatch, training, "build_model")
+    with pytest.raises(Killed):
+        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", "s"), verbose=0, log=quiet)
+    assert sorted(path.name for path in (tmp_path / "runs" / "s").iterdir()) == ["search"]
+    assert (search_files / "oracle.json").read_text() == "{}"
+
+
+def test_a_run_interrupted_in_its_first_epoch_keeps_its_folder_for_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    import keras
+
+    def fit(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    with pytest.raises(training.Interrupted, match="interrupted after epoch 0"):
+        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs"), verbose=0, log=quiet)
+    assert (tmp_path / "runs" / "run" / "config.json").is_file()

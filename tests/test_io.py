@@ -38,3 +38,14 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary_one(tmp_path: Pa
     with pytest.raises(OSError, match="No space"):
         io.atomic_write(tmp_path / "history.csv", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_error_reason_is_cut_at_a_word_with_an_ellipsis() -> None:
+    from inat_keras.errors import brief
+
+    assert brief(ValueError("short\n  and   spaced")) == "short and spaced"
+    long = ValueError("expected 1 variables, but received 2 variables " * 10)
+    text = brief(long, limit=60)
+    assert text.endswith(" …") and len(text) <= 62 and text[:-2] == text[:-2].rstrip()
+    assert "variables, but received 2" in text and not text[:-2].endswith("variab")
+    assert brief(KeyError()) == "KeyError"

@@ -63,6 +63,7 @@ def test_json_gives_top_k_of_good_files_and_one_error_line_per_bad_file(scratch_
     for bad in mixed_inputs["bad"]:
         assert sum(line.startswith(f"error: {bad}:") for line in error_lines) == 1
     assert sorted(e["path"] for e in report["errors"]) == sorted(mixed_inputs["bad"])
+    assert any(line.endswith("empty.png: not a readable image (zero bytes)") for line in error_lines), error_lines
 
 
 def test_the_table_lists_each_image_with_its_top_three(scratch_run, mixed_inputs, capsys):
@@ -133,3 +134,11 @@ def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch
         expected = direct_top(transfer_run, result["path"])[:3]
         assert [p["class"] for p in result["predictions"]] == [name for name, _ in expected]
         np.testing.assert_allclose([p["probability"] for p in result["predictions"]], [p for _, p in expected], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["demoo", "best.h5", "model.keras"])
+def test_a_mistyped_model_path_is_said_not_to_exist(tmp_path, name):
+    from inat_keras.runs import locate_model
+
+    with pytest.raises(UserError, match=f"^{tmp_path / name} does not exist: pass a run directory"):
+        locate_model(tmp_path / name)

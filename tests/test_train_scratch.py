@@ -130,6 +130,25 @@ def test_an_existing_run_is_never_overwritten(tiny_dataset: Path, tmp_path: Path
     assert "--resume" in error
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dense-units", "0"], "--dense-units [0]: every layer needs at least 1 unit"),
+        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["--filters", "8,0,8"], "--filters [8, 0, 8]: every value must be at least 1"),
+    ],
+)
+def test_zero_sizes_are_one_line_errors_before_any_file_is_written(tiny_dataset: Path, tmp_path: Path, capsys, flags, message) -> None:
+    error = one_line_error(capsys, ["--data", str(tiny_dataset), *TINY_MODEL, *flags, "--out", str(tmp_path / "runs"), "--wandb", "off"])
+    assert message in error
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_demo_and_data_together_are_refused(tiny_dataset: Path, capsys) -> None:
+    error = one_line_error(capsys, ["--demo", "--data", str(tiny_dataset)])
+    assert f"--demo and --data {tiny_dataset}: pass one" in error
+
+
 def test_resume_refuses_flags_it_would_ignore(tmp_path: Path, capsys) -> None:
     error = one_line_error(capsys, ["--resume", str(tmp_path / "runs" / "r"), "--epochs", "8", "--learning-rate", "0.1"])
     assert "--epochs, --learning-rate cannot change them" in error and "another --name" in error

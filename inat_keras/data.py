@@ -189,18 +189,107 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode any common image file to a ``size`` x ``size`` x 3 uint8 RGB array.
+EXIF_ORIENTATION = 0x0112
+# The DCT scalings TensorFlow's decode_jpeg offers (its ``ratio``), as Pillow's ``draft`` does.
+JPEG_SCALES = (1, 2, 4, 8)
 
-    JPEGs are decoded at a reduced DCT scale when the target is much smaller (``draft``),
-    which is most of the decode cost for 500-800 px photos resized to 224.
+
+def decodes_natively(image: Image.Image) -> bool:
+    """Whether TensorFlow's JPEG decoder shows the same picture as ``to_rgb`` would.
+
+    That is a JPEG in colour or grey, not turned by an EXIF orientation (TensorFlow ignores the tag);
+    CMYK JPEGs and every other format go through Pillow. Reads only the header.
     """
+    return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
+
+
+def native_jpeg(path: str | os.PathLike) -> bool:
+    """``decodes_natively`` for a file; False for anything Pillow cannot open, so its path reports the error."""
+    try:
+        with Image.open(path) as image:
+            return decodes_natively(image)
+    except Exception:  # a bad file is not this probe's to report: load_image's Pillow path names what is wrong
+        return False
+
+
+@functools.cache
+def jpeg_decoder(size: int):
+    """A TensorFlow function: JPEG bytes to a ``size`` x ``size`` x 3 uint8 image, the GIL never taken.
+
+    Decodes at the largest DCT scale that keeps the short side at least ``size`` (what ``draft`` picks),
+    then averages the covered pixels (area resize: antialiased, and cheaper than a bilinear filter with
+    antialiasing); images smaller than ``size`` are enlarged bilinearly instead, since area enlarges
+    by repeating pixels.
+    """
+    import tensorflow as tf
+
+    def decode_at(contents, scale: int):
+        return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=scale)
+
+    def resize(image, method: str, antialias: bool = False):
+        return lambda: tf.image.resize(image, (size, size), method=method, antialias=antialias)
+
+    @tf.function(input_signature=[tf.TensorSpec((), tf.string)])
+    def decode(contents):
+        fits = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2]) // size
+        scale_index = tf.reduce_sum(tf.cast(fits >= tf.constant(JPEG_SCALES[1:]), tf.int32))
+        image = tf.switch_case(scale_index, [decode_at(contents, scale) for scale in JPEG_SCALES])
+        image.set_shape((None, None, 3))
+        shrinks = tf.reduce_min(tf.shape(image)[:2]) >= size
+        resized = tf.cond(shrinks, resize(image, "area"), resize(image, "bilinear", antialias=True))
+        # Both filters average non-negative weights, so values stay within 0-255: + 0.5 rounds.
+        return tf.cast(resized + 0.5, tf.uint8)
+
+    return decode
+
+
+def decode_with_pillow(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Any image file Pillow reads, at a reduced JPEG scale where the target allows, with an antialiased resize."""
     with Image.open(path) as image:
         image.draft("RGB", (size, size))
         rgb = to_rgb(image)
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
         return np.asarray(rgb, dtype=np.uint8)
+
+
+def decoder_reason(error) -> str:
+    """The sentence of a TensorFlow decoding error, without its op and device prefix."""
+    return error.message.split("}}")[-1].strip().splitlines()[0]
+
+
+def verify_jpeg(contents: bytes) -> None:
+    """Raise ValueError with TensorFlow's reason when ``jpeg_decoder`` would fail on these bytes.
+
+    Decodes at the smallest DCT scale: entropy decoding, where damage shows, reads every byte at any scale.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_jpeg(contents, channels=3, ratio=JPEG_SCALES[-1])
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"TensorFlow's JPEG decoder cannot read it: {decoder_reason(error)}") from None
+
+
+def decode_natively(path: str | os.PathLike, size: int) -> np.ndarray:
+    """A JPEG through ``jpeg_decoder``; a file it rejects raises Pillow's reason, or TensorFlow's when Pillow reads it."""
+    import tensorflow as tf
+
+    try:
+        return jpeg_decoder(size)(tf.constant(Path(path).read_bytes())).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        decode_with_pillow(path, size)  # raises with Pillow's words (truncated, say) when it fails too
+        raise ValueError(f"TensorFlow's JPEG decoder cannot read {path}: {decoder_reason(error)}") from None
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode any common image file to a ``size`` x ``size`` x 3 uint8 RGB array, as training sees it.
+
+    Plain JPEGs (``native_jpeg``) take TensorFlow's decoder, everything else Pillow; both decode at a
+    reduced DCT scale when the target is much smaller, which is most of the cost for 500-800 px photos
+    resized to 224.
+    """
+    return decode_natively(path, size) if native_jpeg(path) else decode_with_pillow(path, size)
 
 
 # -- tf.data ----------------------------------------------------------------------------
@@ -273,6 +362,9 @@ def augmentation_for_model(config: DataConfig) -> list | None:
 # the decoding threads wait for; a chunk pays it once.
 DECODE_CHUNK = 32
 DECODE_TASK = 4  # files per thread-pool task
+# Part of a file cache's name: caches written by an older decoder (Pillow for every file, before 2)
+# hold other pixels, so they are not reused.
+DECODER_VERSION = 2
 
 
 def usable_cores() -> int:
@@ -293,13 +385,13 @@ def decode_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="inat-decode")
 
 
-def load_images(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
-    """``load_image`` of each path, decoded in parallel, stacked in order: (len(paths), size, size, 3) uint8."""
+def load_images(paths: Sequence[str | os.PathLike], size: int, decode=load_image) -> np.ndarray:
+    """``decode`` (``load_image``) of each path, in parallel, stacked in order: (len(paths), size, size, 3) uint8."""
     images = np.empty((len(paths), size, size, 3), np.uint8)
 
     def decode_into(start: int) -> None:
         for i in range(start, min(start + DECODE_TASK, len(paths))):
-            images[i] = load_image(paths[i], size)
+            images[i] = decode(paths[i], size)
 
     # A few files per task: a future per file costs GIL time of its own. list() waits for every task
     # and re-raises the first decoding error.
@@ -307,12 +399,36 @@ def load_images(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
     return images
 
 
-def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
-    """A tf.data dataset of (uint8 image, one-hot label), decoded ``DECODE_CHUNK`` files at a time on all cores."""
+def native_jpegs(paths: Sequence[str]) -> list[bool]:
+    """``native_jpeg`` of each path, in order (header reads on the decoding threads: about 50 us a file)."""
+    flags = [False] * len(paths)
+
+    def probe(start: int) -> None:
+        for i in range(start, min(start + DECODE_TASK, len(paths))):
+            flags[i] = native_jpeg(paths[i])
+
+    list(decode_pool().map(probe, range(0, len(paths), DECODE_TASK)))
+    return flags
+
+
+def natively_decoded(files: LabelledFiles, image_size: int, num_classes: int):
+    """(uint8 image, one-hot label) of plain JPEGs, decoded by TensorFlow on every core tf.data gives the map."""
+    import tensorflow as tf
+
+    decode = jpeg_decoder(image_size)
+    read = lambda path, label: (decode(tf.io.read_file(path)), tf.one_hot(label, num_classes))
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files.paths, dtype=tf.string), tf.constant(files.labels, dtype=tf.int32))
+    )
+    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def pillow_decoded(files: LabelledFiles, image_size: int, num_classes: int):
+    """(uint8 image, one-hot label) through Pillow, ``DECODE_CHUNK`` files per call on the decoding threads."""
     import tensorflow as tf
 
     def decode_chunk(paths: np.ndarray) -> np.ndarray:
-        return load_images([path.decode("utf-8") for path in paths], image_size)
+        return load_images([path.decode("utf-8") for path in paths], image_size, decode_with_pillow)
 
     def read(paths, labels):
         images = tf.numpy_function(decode_chunk, [paths], tf.uint8, stateful=False)
@@ -322,8 +438,31 @@ def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
     paths = tf.constant(files.paths, dtype=tf.string)
     labels = tf.constant(files.labels, dtype=tf.int32)
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).batch(DECODE_CHUNK)
-    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-    # unbatch() forgets the length; Keras needs it for the first epoch's progress bar and step count.
+    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
+def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
+    """A tf.data dataset of (uint8 image, one-hot label) in the order of ``files``, decoded on all cores.
+
+    Plain JPEGs go through TensorFlow's decoder, which never takes the GIL, and the rest through
+    Pillow in chunks; ``choose_from_datasets`` takes each file from its decoder in turn, so the order
+    (and every seeded shuffle after it) is the files' own.
+    """
+    import tensorflow as tf
+
+    native = native_jpegs(files.paths)
+    pick = lambda wanted: LabelledFiles(
+        [p for p, n in zip(files.paths, native) if n == wanted], [l for l, n in zip(files.labels, native) if n == wanted]
+    )
+    if all(native):
+        dataset = natively_decoded(files, image_size, num_classes)
+    elif not any(native):
+        dataset = pillow_decoded(files, image_size, num_classes)
+    else:
+        parts = [natively_decoded(pick(True), image_size, num_classes), pillow_decoded(pick(False), image_size, num_classes)]
+        choice = tf.data.Dataset.from_tensor_slices(tf.constant([0 if n else 1 for n in native], dtype=tf.int64))
+        dataset = tf.data.Dataset.choose_from_datasets(parts, choice)
+    # unbatch() and choose_from_datasets forget the length; Keras needs it for the first epoch's progress bar and step count.
     return dataset.apply(tf.data.experimental.assert_cardinality(len(files)))
 
 
@@ -361,7 +500,7 @@ def cache_key(files: LabelledFiles, image_size: int, num_classes: int) -> str:
     tf.data reads a file cache by name alone; reusing one written for other images would feed the
     wrong pixels or fail mid-epoch on a shape mismatch.
     """
-    digest = hashlib.sha256(f"{image_size}\n{num_classes}\n".encode())
+    digest = hashlib.sha256(f"{image_size}\n{num_classes}\n{DECODER_VERSION}\n".encode())
     for path, label in zip(files.paths, files.labels):
         digest.update(f"{path}\t{label}\n".encode())
     return f"{image_size}px-{digest.hexdigest()[:12]}"

@@ -5,8 +5,9 @@ class imbalance, duplicates (same bytes) within and across splits, every unusabl
 its reason, and the non-image files that were ignored. Training runs the same check first, so
 a broken file stops a run before it starts instead of crashing tf.data hours into it.
 
-Each file is decoded with the very function training uses (``data.to_rgb``), so a file that
-passes here decodes in training. Verdicts are cached by path, size and modification time in
+Each file is decoded by the decoder training uses for it (TensorFlow's for plain JPEGs,
+``data.decodes_natively``; Pillow's ``data.to_rgb`` for the rest), so a file that passes here
+decodes in training. Verdicts are cached by path, size and modification time in
 ``cache_home()/datacheck/``: the second check only stats the files.
 """
 
@@ -34,7 +35,7 @@ from .io import read_json, write_csv, write_json, write_text
 MIN_SIDE = 8
 # Decoding JPEGs at a reduced DCT scale still reads every byte, so truncation is found, at a fraction of the cost.
 DRAFT_SIDE = 32
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: plain JPEGs checked with TensorFlow's decoder, as training reads them
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "icon\r"})
 REASONS = {
     "zero_bytes": "zero bytes",
@@ -201,7 +202,14 @@ def inspect_bytes(content: bytes) -> Inspection:
         with Image.open(io.BytesIO(content)) as image:
             fmt, (width, height) = image.format or "", image.size
             image.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
-            data_lib.to_rgb(image)
+            if data_lib.decodes_natively(image):
+                try:
+                    data_lib.verify_jpeg(content)
+                except ValueError:
+                    data_lib.to_rgb(image)  # Pillow's reason (truncated, say) when it fails too
+                    raise
+            else:
+                data_lib.to_rgb(image)
     except UnidentifiedImageError:
         status, detail = sniff_other_format(content[:1024])
         return Inspection(status, detail, sha256)

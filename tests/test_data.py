@@ -147,6 +147,97 @@ def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_
     assert data.load_images([], 16).shape == (0, 16, 16, 3)
 
 
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth ramp with a little texture: enough detail that a wrong scale or filter shows."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, width)[None, :, None].repeat(height, axis=0)
+    colour = np.concatenate([ramp, ramp[::-1] * 0.5 + 60, np.full_like(ramp, 128)], axis=2)
+    return np.clip(colour + rng.normal(0, 6, colour.shape), 0, 255).astype(np.uint8)
+
+
+def write_router_images(folder: Path) -> dict[str, bool]:
+    """Files of each kind, named, with whether TensorFlow's JPEG decoder should take them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(photo(60, 80))
+    picture.save(folder / "plain.jpg", quality=92)
+    picture.save(folder / "progressive.jpg", quality=92, progressive=True)
+    picture.convert("L").save(folder / "gray.jpg")
+    picture.convert("CMYK").save(folder / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture.save(folder / "turned.jpg", exif=exif)
+    picture.save(folder / "image.png")
+    picture.save(folder / "png_named.jpg", format="PNG")
+    (folder / "notes.jpg").write_text("not an image")
+    return {
+        "plain.jpg": True, "progressive.jpg": True, "gray.jpg": True, "cmyk.jpg": False,
+        "turned.jpg": False, "image.png": False, "png_named.jpg": False, "notes.jpg": False,
+    }
+
+
+def test_plain_jpegs_take_tensorflows_decoder_and_every_other_file_pillow(tmp_path: Path) -> None:
+    from inat_keras import data
+
+    expected = write_router_images(tmp_path)
+    assert {name: data.native_jpeg(tmp_path / name) for name in expected} == expected
+    assert data.native_jpeg(tmp_path / "missing.jpg") is False
+
+
+@pytest.mark.parametrize("height, width, size", [(450, 600, 224), (600, 450, 200), (60, 80, 32), (50, 70, 64)])
+def test_tensorflows_jpeg_decoder_shows_the_same_picture_as_pillow(tmp_path: Path, height, width, size) -> None:
+    from inat_keras import data
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo(height, width)).save(path, quality=95)
+    native, pillow = data.decode_natively(path, size), data.decode_with_pillow(path, size)
+    assert native.shape == pillow.shape == (size, size, 3) and native.dtype == np.uint8
+    difference = np.abs(native.astype(int) - pillow.astype(int))
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) < 6  # two filters, one picture
+    np.testing.assert_array_equal(load_image(path, size), native)
+    assert native[:, :8, 0].mean() < 40 and native[:, -8:, 0].mean() > 215  # not mirrored, not turned
+
+
+def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_path: Path, monkeypatch) -> None:
+    from inat_keras import data
+
+    monkeypatch.setattr(data, "DECODE_CHUNK", 2)
+    kinds = write_router_images(tmp_path)
+    names = [name for name in kinds if name != "notes.jpg"] * 2  # routes alternate within the list
+    paths = [str(tmp_path / name) for name in names]
+    native = data.native_jpegs(paths)
+    assert native == [kinds[name] for name in names] and 0 < sum(native) < len(native)
+    labels = [i % 3 for i in range(len(paths))]
+    decoded = data.decoded_images(data.LabelledFiles(paths, labels), 24, 3)
+    assert int(decoded.cardinality()) == len(paths)
+    pairs = list(decoded)
+    assert len(pairs) == len(paths)
+    for path, label, (image, one_hot) in zip(paths, labels, pairs):
+        np.testing.assert_array_equal(image.numpy(), load_image(path, 24), err_msg=path)
+        assert int(np.argmax(one_hot.numpy())) == label
+
+
+def test_a_jpeg_the_decoder_rejects_is_named_with_the_reason(tmp_path: Path, monkeypatch) -> None:
+    import tensorflow as tf
+
+    from inat_keras import data
+
+    Image.fromarray(photo(300, 400)).save(tmp_path / "whole.jpg")
+    content = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(content[: len(content) // 2])
+    assert data.native_jpeg(tmp_path / "cut.jpg")  # the header is whole: TensorFlow's decoder meets the damage
+    with pytest.raises(OSError, match="truncated"):  # in Pillow's words, which say what is wrong
+        load_image(tmp_path / "cut.jpg", 32)
+
+    def rejects(size: int):
+        def decode(contents):
+            raise tf.errors.InvalidArgumentError(None, None, "{{function_node x}} Unsupported marker type 0xc3")
+        return decode
+
+    monkeypatch.setattr(data, "jpeg_decoder", rejects)  # a file Pillow reads but TensorFlow would not
+    with pytest.raises(ValueError, match=r"TensorFlow's JPEG decoder cannot read .*whole.jpg: Unsupported marker type 0xc3$"):
+        load_image(tmp_path / "whole.jpg", 32)
+
+
 def test_augmentation_changes_training_images_only(tiny_dataset: Path) -> None:
     config = DataConfig(data_dir=str(tiny_dataset), image_size=32, batch_size=64, augment=True, seed=1)
     split = make_split(config)
@@ -159,7 +250,7 @@ def test_augmentation_changes_training_images_only(tiny_dataset: Path) -> None:
     assert train_a.shape == train_b.shape and not np.allclose(np.sort(train_a.ravel()), np.sort(train_b.ravel()))
 
 
-def test_file_cache_is_reused_for_the_same_images_and_never_for_others(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_file_cache_is_reused_for_the_same_images_and_never_for_others(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     config = DataConfig(data_dir=str(tiny_dataset), image_size=32, cache=str(tmp_path / "cache" / "imgs"))
     split = make_split(config)
 
@@ -179,6 +270,12 @@ def test_file_cache_is_reused_for_the_same_images_and_never_for_others(tiny_data
     reseeded = make_split(DataConfig(**{**config.__dict__, "seed": 7}))
     list(make_dataset(reseeded.train, config, 3, training=False, cache_name="test"))
     assert len(cache_files()) == 3
+    # Another decoder gives other pixels: its caches get other names.
+    from inat_keras import data
+
+    key = data.cache_key(split.test, 32, 3)
+    monkeypatch.setattr(data, "DECODER_VERSION", data.DECODER_VERSION + 1)
+    assert data.cache_key(split.test, 32, 3) != key
 
 
 def test_demo_writer_produces_the_real_digits_in_train_and_val_folders(tmp_path: Path) -> None:

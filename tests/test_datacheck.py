@@ -161,6 +161,24 @@ def test_the_check_names_every_bad_file_duplicate_and_ignored_file(tmp_path: Pat
     }
 
 
+def test_plain_jpegs_are_checked_by_the_decoder_training_gives_them(tmp_path: Path, monkeypatch) -> None:
+    from inat_keras import data, datacheck
+
+    write_good_images(tmp_path, marker=1)
+    checked = []
+
+    def refuse(contents: bytes) -> None:
+        checked.append(contents)
+        raise ValueError("TensorFlow's JPEG decoder cannot read it: Invalid JPEG data or crop window, data size 912")
+
+    monkeypatch.setattr(data, "verify_jpeg", refuse)  # a JPEG Pillow reads and TensorFlow would not
+    verdicts = {path.name: datacheck.inspect_file(str(path)) for path in sorted(tmp_path.iterdir())}
+    refused = {name for name, verdict in verdicts.items() if verdict.status != "ok"}
+    assert refused == {"baseline.JPG", "progressive.Jpeg", "gray.jpeg"}  # CMYK and EXIF-turned ones go through Pillow
+    assert len(checked) == 3
+    assert verdicts["gray.jpeg"].status == "unreadable" and "Invalid JPEG data" in verdicts["gray.jpeg"].detail
+
+
 def test_the_second_check_decodes_only_files_that_changed(tmp_path: Path) -> None:
     root = make_dataset_root(tmp_path / "data")
     assert check_dataset(root).checked_now == 36

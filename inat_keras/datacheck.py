@@ -201,8 +201,9 @@ def inspect_bytes(content: bytes) -> Inspection:
     try:
         with Image.open(io.BytesIO(content)) as image:
             fmt, (width, height) = image.format or "", image.size
+            native = data_lib.decodes_natively(image)  # before draft, which may change what the header says
             image.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
-            if data_lib.decodes_natively(image):
+            if native:
                 try:
                     data_lib.verify_jpeg(content)
                 except ValueError:

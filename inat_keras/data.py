@@ -385,17 +385,28 @@ def decode_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="inat-decode")
 
 
+def on_decode_pool(count: int, work) -> None:
+    """``work(i)`` for i in range(count) on the decoding threads, ``DECODE_TASK`` indices per task.
+
+    A few files per task: a future per file costs GIL time of its own. list() waits for every task
+    and re-raises the first error.
+    """
+
+    def task(start: int) -> None:
+        for i in range(start, min(start + DECODE_TASK, count)):
+            work(i)
+
+    list(decode_pool().map(task, range(0, count, DECODE_TASK)))
+
+
 def load_images(paths: Sequence[str | os.PathLike], size: int, decode=load_image) -> np.ndarray:
     """``decode`` (``load_image``) of each path, in parallel, stacked in order: (len(paths), size, size, 3) uint8."""
     images = np.empty((len(paths), size, size, 3), np.uint8)
 
-    def decode_into(start: int) -> None:
-        for i in range(start, min(start + DECODE_TASK, len(paths))):
-            images[i] = decode(paths[i], size)
+    def decode_into(i: int) -> None:
+        images[i] = decode(paths[i], size)
 
-    # A few files per task: a future per file costs GIL time of its own. list() waits for every task
-    # and re-raises the first decoding error.
-    list(decode_pool().map(decode_into, range(0, len(paths), DECODE_TASK)))
+    on_decode_pool(len(paths), decode_into)
     return images
 
 
@@ -403,11 +414,10 @@ def native_jpegs(paths: Sequence[str]) -> list[bool]:
     """``native_jpeg`` of each path, in order (header reads on the decoding threads: tens of microseconds a file)."""
     flags = [False] * len(paths)
 
-    def probe(start: int) -> None:
-        for i in range(start, min(start + DECODE_TASK, len(paths))):
-            flags[i] = native_jpeg(paths[i])
+    def probe(i: int) -> None:
+        flags[i] = native_jpeg(paths[i])
 
-    list(decode_pool().map(probe, range(0, len(paths), DECODE_TASK)))
+    on_decode_pool(len(paths), probe)
     return flags
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Fine-tune an ImageNet backbone: `python finetune.py --demo --weights none` or `--data DIR`. See --help."""
+"""Fine-tune an ImageNet backbone: `python finetune.py --demo` or `--data DIR`. See --help."""
 
 import sys
 
-from inat_keras.cli import run_main
-from inat_keras.finetune_cli import finetune_main
+from inat_keras.cli.finetune import main
+from inat_keras.cli.run import run_main
 
 if __name__ == "__main__":
-    sys.exit(run_main(finetune_main))
+    sys.exit(run_main(main))

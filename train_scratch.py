@@ -3,7 +3,8 @@
 
 import sys
 
-from inat_keras.cli import run_main, train_scratch_main
+from inat_keras.cli.run import run_main
+from inat_keras.cli.train_scratch import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(train_scratch_main))
+    sys.exit(run_main(main))

@@ -45,7 +45,7 @@ def keras_warps(seed: int) -> list:
 
 
 def stacks(seed: int = 0) -> dict[str, list]:
-    from inat_keras.data import augmentation_layers
+    from inat_keras.models.augment import augmentation_layers
 
     ours = augmentation_layers(seed)
     flip_and_colour = augmentation_layers(seed)[1:]
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from inat_keras.data import usable_cores
+    from inat_keras.devices import usable_cores
 
     rng = np.random.default_rng(0)
     batch = tf.constant(rng.uniform(0, 255, (args.batch_size, args.image_size, args.image_size, 3)).astype("float32"))

@@ -43,7 +43,7 @@ def head_only_run(args: argparse.Namespace, out: str, *, feature_cache: bool):
 
 
 def timed_run(config) -> tuple[float, float]:
-    from inat_keras.training import train_run
+    from inat_keras.training.loop import train_run
 
     start = time.perf_counter()
     result = train_run(config, verbose=0, log=lambda line: None)

@@ -107,7 +107,8 @@ def time_epochs(build, epochs: int) -> list[tuple[int, float, float]]:
 
 def ours(root: Path, image_size: int, batch_size: int, num_classes: int):
     from inat_keras.config import DataConfig
-    from inat_keras.data import LabelledFiles, list_class_images, make_dataset
+    from inat_keras.data.files import LabelledFiles, list_class_images
+    from inat_keras.data.pipeline import make_dataset
 
     paths, labels = [], []
     for label, files in enumerate(list_class_images(root).values()):
@@ -172,7 +173,7 @@ def decode_floor(root: Path, image_size: int, count: int = 100) -> dict[str, flo
     """
     from PIL import Image
 
-    from inat_keras.data import load_image, native_jpeg
+    from inat_keras.data.decode import load_image, native_jpeg
 
     def reduced_scale_decode(path: str):
         with Image.open(path) as image:
@@ -193,7 +194,7 @@ def resize_quality(root: Path, image_size: int, count: int = 50) -> dict[str, fl
     """Mean PSNR (dB) of each pipeline's images against a Lanczos resize of the full-size decode."""
     from PIL import Image
 
-    from inat_keras.data import load_image
+    from inat_keras.data.decode import load_image
 
     def psnr(reference: np.ndarray, image: np.ndarray) -> float:
         mse = np.mean((reference.astype(np.float64) - image.astype(np.float64)) ** 2)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = None if args.folder else Path(tempfile.mkdtemp(prefix="inat-bench-"))
     root = args.folder or scratch / "images"
-    names = ("baseline (image_dataset_from_directory)", "inat_keras.data.make_dataset")
+    names = ("baseline (image_dataset_from_directory)", "inat_keras.data.pipeline.make_dataset")
     results = {name: Measured() for name in names}
     try:
         start = time.perf_counter()
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    from inat_keras.data import usable_cores
+    from inat_keras.devices import usable_cores
 
     print(f"\nimages/s at {args.image_size}x{args.image_size}, batch {args.batch_size}, {usable_cores()} CPU cores, "
           f"median of {args.rounds} round{'s' if args.rounds > 1 else ''}")

@@ -51,11 +51,11 @@ def build(name: str, size: int, augmentation: list | None):
     """The model, float32 softmax output whatever the precision policy (as in training)."""
     import keras
 
-    from inat_keras.models import apply_layers
+    from inat_keras.models.cnn import apply_layers
 
     if name == "scratch":
         from inat_keras.config import CNNConfig
-        from inat_keras.models import build_cnn
+        from inat_keras.models.cnn import build_cnn
 
         return build_cnn(CNNConfig(num_classes=NUM_CLASSES, input_size=size), augmentation=augmentation)
     backbones = {
@@ -72,7 +72,8 @@ def build(name: str, size: int, augmentation: list | None):
 
 def pipeline_feed(folder: Path, config):
     """The training pipeline, repeated, with its cache filled by one full pass."""
-    from inat_keras.data import LabelledFiles, list_class_images, make_dataset
+    from inat_keras.data.files import LabelledFiles, list_class_images
+    from inat_keras.data.pipeline import make_dataset
 
     paths, labels = [], []
     for label, files in enumerate(list_class_images(folder).values()):
@@ -116,8 +117,8 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, floa
     import keras
 
     from inat_keras.config import DataConfig
-    from inat_keras.data import augmentation_for_model
-    from inat_keras.training import resolve_jit
+    from inat_keras.models.augment import augmentation_for_model
+    from inat_keras.training.runtime import resolve_jit
 
     size = args.image_size or NATIVE_SIZES[name]
     data = DataConfig(
@@ -185,11 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 1:
         parser.error("--warmup must be at least 1: the clock starts when the warm-up steps end")
 
-    import keras
     import tensorflow as tf
 
-    from inat_keras.data import resolve_augment_placement, usable_cores
-    from inat_keras.training import configure_devices
+    from inat_keras.devices import configure_devices, usable_cores
+    from inat_keras.models.augment import resolve_augment_placement
 
     configure_devices()
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [f"CPU ({usable_cores()} cores)"]

@@ -4,8 +4,10 @@ Importing the package starts nothing: no GPU set-up, no W&B, no printing. Keras 
 imported only when a model is built.
 """
 
-from .config import CNNConfig, DataConfig, RunConfig, TrackingConfig, TrainConfig
-from .errors import UserError
+from inat_keras.config import CNNConfig, DataConfig, RunConfig, TrackingConfig, TrainConfig
+from inat_keras.errors import UserError
+
+__version__ = "1.0.0"
 
 __all__ = [
     "CNNConfig",
@@ -24,11 +26,11 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy, so `import inat_keras` stays cheap and free of TensorFlow start-up.
     if name in ("build_cnn", "count_params", "count_macs"):
-        from . import models
+        from inat_keras.models import cnn
 
-        return getattr(models, name)
+        return getattr(cnn, name)
     if name == "build_transfer":
-        from .transfer import build_transfer
+        from inat_keras.models.transfer import build_transfer
 
         return build_transfer
     raise AttributeError(f"module 'inat_keras' has no attribute {name!r}")

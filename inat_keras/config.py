@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import UserError
+from inat_keras.errors import UserError
 
 ACTIVATIONS = ("relu", "gelu", "silu", "mish", "elu", "leaky_relu", "selu")
 POOLINGS = ("flatten", "avg", "max")
@@ -196,6 +196,21 @@ def from_dict(cls: type[T], raw: dict[str, Any]) -> T:
     if unknown:
         raise UserError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)}: known are {', '.join(sorted(names))}")
     return cls(**raw)
+
+
+# Model settings that come from the data (its class folders and --image-size), so config.json's
+# "model" section never holds them: ``architecture`` leaves them out, ``for_data`` puts them in.
+DATA_DERIVED = ("num_classes", "input_size")
+
+
+def architecture(model: Any) -> dict[str, Any]:
+    """A model config dataclass (CNNConfig, TransferConfig) as config.json's "model" section."""
+    return {name: value for name, value in dataclasses.asdict(model).items() if name not in DATA_DERIVED}
+
+
+def for_data(cls: type[T], architecture: dict[str, Any], *, num_classes: int, input_size: int) -> T:
+    """A model config dataclass from config.json's "model" section and the data it trains on."""
+    return from_dict(cls, {**architecture, "num_classes": num_classes, "input_size": input_size})
 
 
 @dataclass

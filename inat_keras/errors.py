@@ -1,5 +1,7 @@
 """The one exception type for problems a user can cause and fix."""
 
+from __future__ import annotations
+
 
 class UserError(Exception):
     """A problem with the user's input: a one-line message naming the value and the fix.

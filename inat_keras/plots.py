@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from inat_keras.storage import atomic_write
+
 
 def pyplot():
     import matplotlib
@@ -17,7 +19,6 @@ def pyplot():
 
 
 def save_figure(figure: Any, path: str | os.PathLike) -> None:
-    from .io import atomic_write
 
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     pyplot().close(figure)

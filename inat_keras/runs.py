@@ -1,160 +1,73 @@
-"""A trained model and its class names, from a run directory or a ``.keras`` file.
+"""The run directory ``<out>/<name>/``: the names of its files and reading them back.
 
-Class names travel with the run (``config.json`` ``class_names``), never with the folder order
-of whatever data is at hand: a model's output ``i`` means ``class_names[i]`` of its own run.
+A run holds ``config.json`` (everything to rebuild and retrain), ``split.csv``, ``best.keras`` (best
+validation accuracy), ``history.csv``, ``curves.png``, ``metrics.json``, and while it is unfinished
+``checkpoint/`` (the last completed epoch, for ``--resume``). A search keeps KerasTuner's files in
+``search/``. Every file is written to a temporary name and renamed (``storage``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .config import RunConfig
-from .errors import UserError
-from .io import read_json
+from inat_keras.config import RunConfig
+from inat_keras.errors import UserError
+from inat_keras.storage import read_csv, read_json
 
 CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.csv"  # path, label, subset (train, validation, test)
 BEST_MODEL = "best.keras"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+METRICS_FILE = "metrics.json"
+DATA_CHECK_FILE = "data-check.json"
+SKIPPED_FILE = "skipped-images.csv"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = f"{CHECKPOINT_DIR}/state.json"
 
 
-@dataclass
-class TrainedModel:
-    """A loaded model, what its outputs mean, and where its run lives (``run_dir`` is None for a bare file)."""
-
-    model: Any
-    class_names: list[str]
-    model_path: Path
-    run_dir: Path | None
-    config: RunConfig | None
-
-    @property
-    def image_size(self) -> int:
-        return int(self.model.input_shape[1])
-
-    @property
-    def home(self) -> Path:
-        """Where outputs go by default: the run directory, or the folder of a bare ``.keras`` file."""
-        return self.run_dir or self.model_path.parent
+# -- run directory ------------------------------------------------------------------------
 
 
-def parse_classes(value: str) -> list[str]:
-    """``--classes``: a comma-separated list, or a text file with one class name per line."""
-    path = Path(value)
-    if path.is_file():
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    else:
-        names = [part.strip() for part in value.split(",")]
-    names = [name for name in names if name]
-    if not names:
-        raise UserError(f"--classes {value!r} names no classes: give them as a,b,c or a file with one per line")
-    return names
+def split_test_rows(run_dir: Path | None) -> list[dict[str, str]] | None:
+    """The test subset of a run's ``split.csv`` (path, label, subset), or None without one."""
+    if run_dir is None or not (run_dir / SPLIT_FILE).is_file():
+        return None
+    return [row for row in read_csv(run_dir / SPLIT_FILE) if row["subset"] == "test"]
 
 
-def locate_model(source: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(model file, run directory or None) for a run directory or a ``.keras`` file."""
-    path = Path(source)
-    if path.is_dir():
-        model_path = path / BEST_MODEL
-        if not model_path.is_file():
-            raise UserError(f"{path} holds no {BEST_MODEL}: pass a finished run directory or a .keras file")
-        return model_path, path
-    if not path.exists():
-        raise UserError(f"{path} does not exist: pass a run directory (runs/<name>) or a .keras model file")
-    if path.suffix != ".keras":
-        raise UserError(f"{path}: expected a run directory or a .keras model file")
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.out) / config.name
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """Create the run directory, refusing to overwrite a run and checking it is writable."""
+    if not resume and (run_dir / CONFIG_FILE).exists():
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to {run_dir} ({error.strerror}): choose a writable --out directory") from None
+
+
+def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise UserError(f"{path} does not exist: pass a run directory (runs/<name>) or a .keras model file")
-    run_dir = path.parent if (path.parent / CONFIG_FILE).is_file() else None
-    return path, run_dir
+        raise UserError(f"{path} not found: --resume takes a run directory written by a training command")
+    return RunConfig.from_dict(read_run_json(path, fix="start a new run with another --name"))
 
 
-def load_trained(source: str | os.PathLike, classes: Sequence[str] | None = None) -> TrainedModel:
-    """Load ``best.keras`` of a run (or a ``.keras`` file) with the class names its outputs stand for."""
-    from .augment import load_model
-
-    model_path, run_dir = locate_model(source)
-    config, class_names = None, list(classes) if classes else None
-    if run_dir is not None:
-        raw = read_json(run_dir / CONFIG_FILE)
-        config = RunConfig.from_dict({k: v for k, v in raw.items() if k != "class_names"})
-        if class_names is None:
-            class_names = list(raw.get("class_names") or [])
-    if not class_names:
-        raise UserError(
-            f"no class names for {model_path}: it has no config.json beside it; pass --classes a,b,c "
-            "(in the model's output order) or a file with one class per line"
-        )
+def read_run_json(path: Path, *, fix: str) -> Any:
+    """A run's JSON file, or one line naming it when a disk fault or a hand edit broke it."""
     try:
-        model = load_model(model_path, compile=False)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {model_path} ({str(error).splitlines()[0]}): is it a Keras 3 .keras file?") from None
-    outputs = int(model.output_shape[-1])
-    if outputs != len(class_names):
-        raise UserError(
-            f"{model_path} has {outputs} outputs but {len(class_names)} class names were given: "
-            "pass one class name per output"
-        )
-    return TrainedModel(model, class_names, model_path, run_dir, config)
-
-
-def add_model_args(parser) -> None:
-    """The positional model argument and ``--classes``, the same in every command."""
-    parser.add_argument("model", help="run directory (runs/<name>) or a .keras file")
-    parser.add_argument(
-        "--classes", type=parse_classes, help="class names for a .keras file without config.json: a,b,c or a file"
-    )
-
-
-def default_output_dir(trained: TrainedModel, out: str | None, folder: str) -> Path:
-    return Path(out) if out else trained.home / folder
-
-
-# -- reading images in batches ---------------------------------------------------------------
-
-
-@dataclass
-class ImageBatch:
-    """Decoded images of some ``paths`` (``indices`` into them) and the files that failed, with why."""
-
-    indices: list[int]
-    images: np.ndarray
-    failures: list[tuple[int, str]]
-
-
-def read_error(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
-def decode_or_error(path: str, size: int) -> np.ndarray | str:
-    from .data import load_image
-
-    try:
-        return load_image(path, size)
-    except Exception as error:  # Pillow raises many types (OSError, ValueError, DecompressionBombError...)
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            return "zero bytes"  # as the data check says it; Pillow only says it cannot identify the file
-        return read_error(error)
-
-
-def image_batches(paths: Sequence[str], size: int, batch_size: int = 32) -> Iterator[ImageBatch]:
-    """Decode ``paths`` on the shared decoding threads, ``batch_size`` at a time; an unreadable file is reported, not fatal."""
-    from .data import decode_pool
-
-    for start in range(0, len(paths), batch_size):
-        chunk = range(start, min(start + batch_size, len(paths)))
-        decoded = list(decode_pool().map(lambda i: decode_or_error(paths[i], size), chunk))
-        good = [(i, image) for i, image in zip(chunk, decoded) if not isinstance(image, str)]
-        failures = [(i, image) for i, image in zip(chunk, decoded) if isinstance(image, str)]
-        images = np.stack([image for _, image in good]) if good else np.zeros((0, size, size, 3), np.uint8)
-        yield ImageBatch([i for i, _ in good], images, failures)
-
-
-def predict_probabilities(model, images: np.ndarray, *, flip: bool = False) -> np.ndarray:
-    """Class probabilities for uint8 images; ``flip`` mirrors them left-right first (test-time augmentation)."""
-    batch = images[:, :, ::-1] if flip else images
-    return np.asarray(model.predict_on_batch(batch.astype(np.float32)), dtype=np.float64)
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged ({error}): {fix}") from None
+SEARCH_DIR = "search"
+SETTINGS_FILE = "search.json"
+RETRAINED_FILE = "retrained.json"  # which trial the run beside the search retrains

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from inat_keras.augment import RandomAffine, load_model, warp
+from inat_keras.models.augment import RandomAffine, load_model, warp
 
 
 def images(count: int = 2, size: int = 6) -> np.ndarray:

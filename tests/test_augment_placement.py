@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
-from inat_keras.data import AUGMENT_PREFIX, augmentation_layers, make_dataset, make_split, resolve_augment_placement
+from inat_keras.data.files import make_split
+from inat_keras.data.pipeline import make_dataset
 from inat_keras.errors import UserError
-from inat_keras.models import build_cnn, count_params
+from inat_keras.models.augment import (
+    AUGMENT_PREFIX,
+    augmentation_layers,
+    resolve_augment_placement,
+)
+from inat_keras.models.cnn import build_cnn, count_params
 
 SMALL_CNN = {"num_classes": 3, "input_size": 32, "num_blocks": 2, "first_filters": 4, "dense_units": [8]}
 
@@ -39,21 +45,22 @@ def test_augmentation_layers_in_the_model_change_training_inputs_only() -> None:
 
 
 def test_the_augmentation_compiles_with_xla_where_keras_own_warps_cannot(monkeypatch) -> None:
-    from inat_keras import training
+    from inat_keras import devices
+    from inat_keras.training import runtime
 
     augmented = build_cnn(**SMALL_CNN, augmentation=augmentation_layers(seed=0))
     keras_warps = build_cnn(
         **SMALL_CNN, augmentation=[keras.layers.RandomZoom(0.2, name="zoom"), keras.layers.RandomRotation(0.1, name="turn")]
     )
-    assert training.xla_blockers(augmented) == []
-    assert training.xla_blockers(keras_warps) == ["zoom", "turn"]
+    assert runtime.xla_blockers(augmented) == []
+    assert runtime.xla_blockers(keras_warps) == ["zoom", "turn"]
 
-    monkeypatch.setattr(training, "gpu_available", lambda: True)
-    assert training.resolve_jit("auto", augmented) is True
-    assert training.resolve_jit("auto", keras_warps) is False
-    assert training.resolve_jit("off", augmented) is False
+    monkeypatch.setattr(devices, "gpu_available", lambda: True)
+    assert runtime.resolve_jit("auto", augmented) is True
+    assert runtime.resolve_jit("auto", keras_warps) is False
+    assert runtime.resolve_jit("off", augmented) is False
     with pytest.raises(UserError, match="--jit-compile on: XLA cannot compile the layers zoom, turn"):
-        training.resolve_jit("on", keras_warps)
+        runtime.resolve_jit("on", keras_warps)
 
     # Why: Keras drops XLA for a model with its own warps, with only a warning...
     with pytest.warns(UserWarning, match="jit_compile"):
@@ -91,7 +98,7 @@ def test_auto_placement_follows_the_gpu(monkeypatch) -> None:
 
 def train_tiny_run(dataset: Path, out: Path, name: str, jit_compile: str = "off", **data: str) -> Path:
     """One epoch of a 2-block CNN with --augment; ``data`` sets more DataConfig fields."""
-    from inat_keras.training import train_run
+    from inat_keras.training.loop import train_run
 
     config = RunConfig(
         name=name,
@@ -108,9 +115,9 @@ def train_tiny_run(dataset: Path, out: Path, name: str, jit_compile: str = "off"
 def test_a_run_augmenting_in_the_model_records_it_and_exports_without_the_random_layers(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from inat_keras.export import export_model
-    from inat_keras.io import read_json
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.trained import load_trained
+    from inat_keras.storage import read_json
 
     run_dir = train_tiny_run(tiny_dataset, tmp_path / "runs", "augmented", augment_placement="model")
     assert read_json(run_dir / "config.json")["data"]["augment_placement"] == "model"
@@ -125,10 +132,10 @@ def test_a_run_augmenting_in_the_model_records_it_and_exports_without_the_random
 def test_a_gpu_run_augmenting_in_the_model_trains_with_xla_and_records_it(
     tiny_dataset: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from inat_keras import training
-    from inat_keras.io import read_json
+    from inat_keras import devices
+    from inat_keras.storage import read_json
 
-    monkeypatch.setattr(training, "gpu_available", lambda: True)  # --jit-compile auto then asks for XLA (here on the CPU)
+    monkeypatch.setattr(devices, "gpu_available", lambda: True)  # --jit-compile auto then asks for XLA (here on the CPU)
     run_dir = train_tiny_run(tiny_dataset, tmp_path / "runs", "in-model", jit_compile="auto", augment_placement="model")
     assert read_json(run_dir / "metrics.json")["jit_compile"] is True  # what Keras really compiled with
     off = train_tiny_run(tiny_dataset, tmp_path / "runs", "off", jit_compile="off", augment_placement="model")
@@ -138,7 +145,7 @@ def test_a_gpu_run_augmenting_in_the_model_trains_with_xla_and_records_it(
 def test_auto_placement_is_recorded_resolved_so_a_resume_augments_in_the_same_place(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from inat_keras.io import read_json
+    from inat_keras.storage import read_json
 
     run_dir = train_tiny_run(tiny_dataset, tmp_path / "runs", "auto")
     recorded = read_json(run_dir / "config.json")["data"]["augment_placement"]
@@ -146,7 +153,7 @@ def test_auto_placement_is_recorded_resolved_so_a_resume_augments_in_the_same_pl
 
 
 def test_transfer_backbone_layers_exclude_the_augmentation() -> None:
-    from inat_keras.transfer import backbone_layers, build_transfer
+    from inat_keras.models.transfer import backbone_layers, build_transfer
 
     model = build_transfer(
         "mobilenetv2", 3, weights=None, unfreeze="all", input_size=32, augmentation=augmentation_layers(seed=0)

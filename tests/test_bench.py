@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -52,7 +51,7 @@ def test_augmentation_stays_float32_under_mixed_precision() -> None:
     import keras
     import numpy as np
 
-    from inat_keras.data import make_augmentation
+    from inat_keras.models.augment import make_augmentation
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

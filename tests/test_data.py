@@ -10,17 +10,17 @@ import pytest
 from PIL import Image
 
 from inat_keras import DataConfig, UserError
-from inat_keras.data import (
+from inat_keras.data.decode import load_image
+from inat_keras.data.demo import write_digits_dataset
+from inat_keras.data.files import (
     LabelledFiles,
     discover_dataset,
-    load_image,
     load_split,
-    make_dataset,
     make_split,
     save_split,
     stratified_split,
 )
-from inat_keras.demo import write_digits_dataset
+from inat_keras.data.pipeline import make_dataset
 
 
 def labelled(counts: list[int]) -> LabelledFiles:
@@ -127,24 +127,24 @@ def test_pipeline_yields_float_batches_in_0_255_with_one_hot_labels(tiny_dataset
 
 
 def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_path: Path, monkeypatch) -> None:
-    from inat_keras import data
+    from inat_keras.data import decode, files, pipeline
 
-    monkeypatch.setattr(data, "DECODE_CHUNK", 4)  # 11 files: chunks of 4, 4 and 3
+    monkeypatch.setattr(pipeline, "DECODE_CHUNK", 4)  # 11 files: chunks of 4, 4 and 3
     paths = []
     for i in range(11):
         path = tmp_path / f"img_{i:02d}.png"
         Image.fromarray(np.full((20 + i, 30, 3), 20 * i, np.uint8)).save(path)
         paths.append(str(path))
     labels = [i % 3 for i in range(11)]
-    decoded = data.decoded_images(data.LabelledFiles(paths, labels), 16, 3)
+    decoded = pipeline.decoded_images(files.LabelledFiles(paths, labels), 16, 3)
     assert int(decoded.cardinality()) == 11  # known, so Keras counts the first epoch's steps
     pairs = list(decoded)
     assert len(pairs) == 11
     for path, label, (image, one_hot) in zip(paths, labels, pairs):
         np.testing.assert_array_equal(image.numpy(), load_image(path, 16))
         assert int(np.argmax(one_hot.numpy())) == label
-    np.testing.assert_array_equal(data.load_images(paths[:5], 16), np.stack([load_image(p, 16) for p in paths[:5]]))
-    assert data.load_images([], 16).shape == (0, 16, 16, 3)
+    np.testing.assert_array_equal(decode.load_images(paths[:5], 16), np.stack([load_image(p, 16) for p in paths[:5]]))
+    assert decode.load_images([], 16).shape == (0, 16, 16, 3)
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -176,20 +176,20 @@ def write_router_images(folder: Path) -> dict[str, bool]:
 
 
 def test_plain_jpegs_take_tensorflows_decoder_and_every_other_file_pillow(tmp_path: Path) -> None:
-    from inat_keras import data
+    from inat_keras.data import decode
 
     expected = write_router_images(tmp_path)
-    assert {name: data.native_jpeg(tmp_path / name) for name in expected} == expected
-    assert data.native_jpeg(tmp_path / "missing.jpg") is False
+    assert {name: decode.native_jpeg(tmp_path / name) for name in expected} == expected
+    assert decode.native_jpeg(tmp_path / "missing.jpg") is False
 
 
 @pytest.mark.parametrize("height, width, size", [(450, 600, 224), (600, 450, 200), (60, 80, 32), (50, 70, 64)])
 def test_tensorflows_jpeg_decoder_shows_the_same_picture_as_pillow(tmp_path: Path, height, width, size) -> None:
-    from inat_keras import data
+    from inat_keras.data import decode
 
     path = tmp_path / "photo.jpg"
     Image.fromarray(photo(height, width)).save(path, quality=95)
-    native, pillow = data.decode_natively(path, size), data.decode_with_pillow(path, size)
+    native, pillow = decode.decode_natively(path, size), decode.decode_with_pillow(path, size)
     assert native.shape == pillow.shape == (size, size, 3) and native.dtype == np.uint8
     difference = np.abs(native.astype(int) - pillow.astype(int))
     assert difference.mean() < 1.5 and np.percentile(difference, 99) < 6  # two filters, one picture
@@ -198,16 +198,16 @@ def test_tensorflows_jpeg_decoder_shows_the_same_picture_as_pillow(tmp_path: Pat
 
 
 def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_path: Path, monkeypatch) -> None:
-    from inat_keras import data
+    from inat_keras.data import decode, files, pipeline
 
-    monkeypatch.setattr(data, "DECODE_CHUNK", 2)
+    monkeypatch.setattr(pipeline, "DECODE_CHUNK", 2)
     kinds = write_router_images(tmp_path)
     names = [name for name in kinds if name != "notes.jpg"] * 2  # routes alternate within the list
     paths = [str(tmp_path / name) for name in names]
-    native = data.native_jpegs(paths)
+    native = decode.native_jpegs(paths)
     assert native == [kinds[name] for name in names] and 0 < sum(native) < len(native)
     labels = [i % 3 for i in range(len(paths))]
-    decoded = data.decoded_images(data.LabelledFiles(paths, labels), 24, 3)
+    decoded = pipeline.decoded_images(files.LabelledFiles(paths, labels), 24, 3)
     assert int(decoded.cardinality()) == len(paths)
     pairs = list(decoded)
     assert len(pairs) == len(paths)
@@ -219,12 +219,12 @@ def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_pat
 def test_a_jpeg_the_decoder_rejects_is_named_with_the_reason(tmp_path: Path, monkeypatch) -> None:
     import tensorflow as tf
 
-    from inat_keras import data
+    from inat_keras.data import decode
 
     Image.fromarray(photo(300, 400)).save(tmp_path / "whole.jpg")
     content = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(content[: len(content) // 2])
-    assert data.native_jpeg(tmp_path / "cut.jpg")  # the header is whole: TensorFlow's decoder meets the damage
+    assert decode.native_jpeg(tmp_path / "cut.jpg")  # the header is whole: TensorFlow's decoder meets the damage
     with pytest.raises(OSError, match="truncated"):  # in Pillow's words, which say what is wrong
         load_image(tmp_path / "cut.jpg", 32)
 
@@ -233,7 +233,7 @@ def test_a_jpeg_the_decoder_rejects_is_named_with_the_reason(tmp_path: Path, mon
             raise tf.errors.InvalidArgumentError(None, None, "{{function_node x}} Unsupported marker type 0xc3")
         return decode
 
-    monkeypatch.setattr(data, "jpeg_decoder", rejects)  # a file Pillow reads but TensorFlow would not
+    monkeypatch.setattr(decode, "jpeg_decoder", rejects)  # a file Pillow reads but TensorFlow would not
     with pytest.raises(ValueError, match=r"TensorFlow's JPEG decoder cannot read .*whole.jpg: Unsupported marker type 0xc3$"):
         load_image(tmp_path / "whole.jpg", 32)
 
@@ -271,11 +271,11 @@ def test_file_cache_is_reused_for_the_same_images_and_never_for_others(tiny_data
     list(make_dataset(reseeded.train, config, 3, training=False, cache_name="test"))
     assert len(cache_files()) == 3
     # Another decoder gives other pixels: its caches get other names.
-    from inat_keras import data
+    from inat_keras.data import decode, pipeline
 
-    key = data.cache_key(split.test, 32, 3)
-    monkeypatch.setattr(data, "DECODER_VERSION", data.DECODER_VERSION + 1)
-    assert data.cache_key(split.test, 32, 3) != key
+    key = pipeline.cache_key(split.test, 32, 3)
+    monkeypatch.setattr(pipeline, "DECODER_VERSION", decode.DECODER_VERSION + 1)
+    assert pipeline.cache_key(split.test, 32, 3) != key
 
 
 def test_demo_writer_produces_the_real_digits_in_train_and_val_folders(tmp_path: Path) -> None:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import make_dataset_root
-from inat_keras.__main__ import main as inat_main
-from inat_keras.data import load_image
-from inat_keras.datacheck import check_dataset
-from inat_keras.errors import UserError
-from inat_keras.training import train_run
+from PIL import Image
 from test_faults import quiet, tiny_run_config
+
+from inat_keras.cli.main import main as inat_main
+from inat_keras.data.check import check_dataset
+from inat_keras.data.decode import load_image
+from inat_keras.errors import UserError
+from inat_keras.training.loop import train_run
 
 TOP, BOTTOM = (230, 40, 40), (20, 20, 120)
 
@@ -162,7 +162,7 @@ def test_the_check_names_every_bad_file_duplicate_and_ignored_file(tmp_path: Pat
 
 
 def test_plain_jpegs_are_checked_by_the_decoder_training_gives_them(tmp_path: Path, monkeypatch) -> None:
-    from inat_keras import data, datacheck
+    from inat_keras.data import check
 
     write_good_images(tmp_path, marker=1)
     checked = []
@@ -171,8 +171,8 @@ def test_plain_jpegs_are_checked_by_the_decoder_training_gives_them(tmp_path: Pa
         checked.append(contents)
         raise ValueError("TensorFlow's JPEG decoder cannot read it: Invalid JPEG data or crop window, data size 912")
 
-    monkeypatch.setattr(data, "verify_jpeg", refuse)  # a JPEG Pillow reads and TensorFlow would not
-    verdicts = {path.name: datacheck.inspect_file(str(path)) for path in sorted(tmp_path.iterdir())}
+    monkeypatch.setattr(check, "verify_jpeg", refuse)  # a JPEG Pillow reads and TensorFlow would not
+    verdicts = {path.name: check.inspect_file(str(path)) for path in sorted(tmp_path.iterdir())}
     refused = {name for name, verdict in verdicts.items() if verdict.status != "ok"}
     assert refused == {"baseline.JPG", "progressive.Jpeg", "gray.jpeg"}  # CMYK and EXIF-turned ones go through Pillow
     assert len(checked) == 3

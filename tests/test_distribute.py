@@ -10,11 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from inat_keras.config import RunConfig, TrainConfig
-from inat_keras.distribute import Distribution, config_for_worker, distribution_report, read_tf_config, scaled_learning_rate
 from inat_keras.errors import UserError
+from inat_keras.training.distribute import (
+    Distribution,
+    config_for_worker,
+    distribution_report,
+    read_tf_config,
+    scaled_learning_rate,
+)
 
 TINY_MODEL = ["--image-size", "32", "--num-blocks", "3", "--first-filters", "8", "--dense-units", "16"]
 
@@ -138,7 +144,7 @@ def test_two_workers_on_localhost_train_one_epoch_and_only_the_chief_writes_the_
 
 
 def test_mirrored_training_on_one_device_records_its_scaling(tiny_dataset: Path, tmp_path: Path) -> None:
-    from inat_keras.training import train_run
+    from inat_keras.training.loop import train_run
 
     config = RunConfig(name="mirrored", out=str(tmp_path / "runs"))
     config.data.data_dir, config.data.image_size, config.data.batch_size = str(tiny_dataset), 32, 4
@@ -154,7 +160,7 @@ def test_mirrored_training_on_one_device_records_its_scaling(tiny_dataset: Path,
 
 
 def test_fine_tuning_recompiles_inside_the_mirrored_strategy_between_phases(tiny_dataset: Path, tmp_path: Path) -> None:
-    from inat_keras.finetune_cli import finetune_main
+    from inat_keras.cli.finetune import main as finetune_main
 
     args = [
         "--data", str(tiny_dataset), "--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",

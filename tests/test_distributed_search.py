@@ -61,3 +61,17 @@ def test_a_chief_and_two_workers_run_every_trial_exactly_once(tmp_path: Path) ->
     assert [row["status"] for row in rows] == ["COMPLETED"] * 3
     assert "best val accuracy" in outputs["chief"]
     assert not (tmp_path / "runs" / "dist" / "metrics.json").exists()  # --no-retrain
+
+
+def test_the_private_keras_tuner_api_the_chief_serves_with_is_still_there() -> None:
+    """search/chief.py is the one user of keras_tuner.src: this fails by name when KerasTuner moves it."""
+    import inspect
+
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer, exit_chief
+
+    assert callable(protos.get_service_grpc().add_OracleServicer_to_server)
+    assert list(inspect.signature(OracleServicer).parameters) == ["oracle"]
+    assert callable(exit_chief)
+    servicer = OracleServicer(oracle=None)
+    assert servicer.stop_triggered is False  # serve_oracle polls it

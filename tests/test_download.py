@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from inat_keras.download import download_dataset, main
+from inat_keras.cli.download import main
+from inat_keras.data.download import download_dataset
 from inat_keras.errors import UserError
 
 
@@ -104,7 +105,7 @@ def test_cut_off_download_fails_with_resume_hint_then_resumes_with_a_range_reque
 
 
 def test_unreachable_server_gives_one_line_message_naming_archive_flag(tmp_path: Path, capsys) -> None:
-    from inat_keras.__main__ import main as package_main
+    from inat_keras.cli.main import main as package_main
 
     # Port 9 on loopback has no listener: the connection is refused at once, nothing leaves the machine.
     status = package_main(["download", "--dest", str(tmp_path), "--url", "http://127.0.0.1:9/nature_12K.zip", "--quiet"])

@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from trained_runs import (
+    TEST_PER_CLASS,
+    split_test_images,
+    tiny_scratch_run,
+    tiny_transfer_run,
+)
 
 from inat_keras.errors import UserError
-from inat_keras.io import read_csv, read_json
-from trained_runs import TEST_PER_CLASS, split_test_images, tiny_scratch_run, tiny_transfer_run
+from inat_keras.storage import read_csv, read_json
 
 
 @pytest.fixture(scope="session")
@@ -20,8 +25,8 @@ def scratch_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(scratch_run: Path):
-    from inat_keras.evaluation import evaluate
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.evaluate import evaluate
+    from inat_keras.inspection.trained import load_trained
 
     trained = load_trained(scratch_run)
     metrics = evaluate(trained, scratch_run / "eval", tta=True)
@@ -29,7 +34,7 @@ def evaluated(scratch_run: Path):
 
 
 def direct_probabilities(model, paths: list[str], *, flip: bool = False) -> np.ndarray:
-    from inat_keras.data import load_image
+    from inat_keras.data.decode import load_image
 
     images = np.stack([load_image(p, int(model.input_shape[1])) for p in paths]).astype(np.float32)
     return np.asarray(model(images[:, :, ::-1] if flip else images, training=False), dtype=np.float64)
@@ -104,8 +109,8 @@ def test_mistakes_list_every_wrong_prediction_most_confident_first(evaluated):
 def test_a_data_folder_is_labelled_by_class_name_not_by_folder_order(scratch_run, tmp_path):
     import shutil
 
-    from inat_keras.evaluation import evaluate
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.evaluate import evaluate
+    from inat_keras.inspection.trained import load_trained
 
     trained = load_trained(scratch_run)
     paths, labels = split_test_images(scratch_run)
@@ -126,8 +131,8 @@ def test_a_data_folder_is_labelled_by_class_name_not_by_folder_order(scratch_run
 
 
 def test_evaluate_works_on_a_mobilenetv2_transfer_model(tmp_path_factory, scratch_run):
-    from inat_keras.evaluation import evaluate
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.evaluate import evaluate
+    from inat_keras.inspection.trained import load_trained
 
     run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
     metrics = evaluate(load_trained(run), run / "eval")
@@ -137,7 +142,7 @@ def test_evaluate_works_on_a_mobilenetv2_transfer_model(tmp_path_factory, scratc
 
 
 def test_the_cli_reports_a_missing_run_in_one_line_with_status_2(tmp_path, capsys):
-    from inat_keras.__main__ import main
+    from inat_keras.cli.main import main
 
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     error = capsys.readouterr().err
@@ -148,7 +153,7 @@ def run_with_moved_dataset(scratch_run: Path, tmp_path: Path) -> Path:
     """A copy of the run whose split.csv names images under a folder that no longer exists."""
     import shutil
 
-    from inat_keras.io import write_csv
+    from inat_keras.storage import write_csv
 
     moved = tmp_path / "run"
     shutil.copytree(scratch_run, moved)
@@ -160,7 +165,7 @@ def run_with_moved_dataset(scratch_run: Path, tmp_path: Path) -> Path:
 
 
 def test_a_run_whose_dataset_moved_says_so_and_names_the_flag(scratch_run, tmp_path, capsys) -> None:
-    from inat_keras.__main__ import main as inat_main
+    from inat_keras.cli.main import main as inat_main
 
     moved = run_with_moved_dataset(scratch_run, tmp_path)
     assert inat_main(["evaluate", str(moved)]) == 2

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from inat_keras.io import read_json
 from trained_runs import tiny_scratch_run, tiny_transfer_run
+
+from inat_keras.storage import read_json
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def scratch_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scratch_explained(scratch_run: Path) -> Path:
-    from inat_keras.__main__ import main
+    from inat_keras.cli.main import main
 
     assert main(["explain", str(scratch_run)]) == 0
     return scratch_run / "explain"
@@ -51,7 +51,7 @@ def test_filters_and_feature_maps_come_from_the_conv_blocks(scratch_explained):
 
 
 def test_grids_are_eight_by_eight_for_64_and_adapt_otherwise():
-    from inat_keras.explain import grid_shape
+    from inat_keras.inspection.explain_plots import grid_shape
 
     assert grid_shape(64) == (8, 8)
     assert grid_shape(32) == (6, 6)
@@ -72,9 +72,9 @@ def test_guided_backprop_differs_from_the_plain_gradient_and_is_reproducible(scr
     import keras
     import tensorflow as tf
 
-    from inat_keras.data import load_image
-    from inat_keras.explain import guided_backprop_maps
-    from inat_keras.runs import load_trained
+    from inat_keras.data.decode import load_image
+    from inat_keras.inspection.explain import guided_backprop_maps
+    from inat_keras.inspection.trained import load_trained
 
     model = load_trained(scratch_run).model
     image = load_image(next((scratch_run.parent.parent / "data" / "val" / "class_b").iterdir()), 32)
@@ -105,7 +105,7 @@ def test_guided_relu_layers_pass_only_positive_gradients_where_relu6_is_open():
     import keras
     import tensorflow as tf
 
-    from inat_keras.explain import guided_relu_layers
+    from inat_keras.inspection.explain import guided_relu_layers
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.ReLU(max_value=6.0, name="relu6")(inputs))
@@ -119,9 +119,9 @@ def test_guided_relu_layers_pass_only_positive_gradients_where_relu6_is_open():
 
 
 def test_mobilenetv2_gradcam_and_guided_backprop_use_the_registry_last_conv_layer(tmp_path_factory, scratch_run):
-    from inat_keras.explain import explain
-    from inat_keras.runs import load_trained
-    from inat_keras.transfer import get_backbone
+    from inat_keras.inspection.explain import explain
+    from inat_keras.inspection.trained import load_trained
+    from inat_keras.models.backbones import get_backbone
 
     run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
     summary = explain(load_trained(run), run / "explain")
@@ -139,7 +139,7 @@ def test_mobilenetv2_gradcam_and_guided_backprop_use_the_registry_last_conv_laye
 def test_a_one_cell_last_feature_map_is_warned_about_not_drawn_blank_silently():
     import keras
 
-    from inat_keras.explain import gradcam_warnings
+    from inat_keras.inspection.explain import gradcam_warnings
 
     inputs = keras.Input((4, 4, 3))
     wide = keras.layers.Conv2D(2, 3, padding="same", name="wide")(inputs)

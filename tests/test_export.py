@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 from inat_keras.errors import UserError
-from inat_keras.io import read_json
-from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
+from inat_keras.storage import read_json
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +21,8 @@ def scratch_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def batch(scratch_run: Path) -> tuple[np.ndarray, np.ndarray]:
     """Test images and the Keras model's probabilities for them."""
-    from inat_keras.data import load_image
-    from inat_keras.runs import load_trained
+    from inat_keras.data.decode import load_image
+    from inat_keras.inspection.trained import load_trained
 
     images = np.stack([load_image(p, 32) for p in split_test_images(scratch_run)[0][:5]]).astype(np.float32)
     return images, np.asarray(load_trained(scratch_run).model(images, training=False))
@@ -60,8 +60,8 @@ def reload_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     ("fmt", "reload"), [("savedmodel", reload_savedmodel), ("tflite", reload_tflite), ("onnx", reload_onnx)]
 )
 def test_each_export_round_trips_within_tolerance(scratch_run, batch, tmp_path, fmt, reload):
-    from inat_keras.export import export_model
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.trained import load_trained
 
     result = export_model(load_trained(scratch_run), fmt, tmp_path)
     path = Path(result["path"])
@@ -76,8 +76,8 @@ def test_each_export_round_trips_within_tolerance(scratch_run, batch, tmp_path, 
 
 @pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
 def test_a_transfer_model_exports_and_round_trips_too(tmp_path_factory, tmp_path, fmt) -> None:
-    from inat_keras.export import export_model
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.trained import load_trained
 
     trained = load_trained(tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained"))
     result = export_model(trained, fmt, tmp_path)
@@ -86,7 +86,7 @@ def test_a_transfer_model_exports_and_round_trips_too(tmp_path_factory, tmp_path
 
 
 def test_the_cli_prints_the_file_its_size_and_the_difference(scratch_run, tmp_path, capsys):
-    from inat_keras.__main__ import main
+    from inat_keras.cli.main import main
 
     assert main(["export", str(scratch_run), "--format", "tflite", "--out", str(tmp_path)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -96,8 +96,8 @@ def test_the_cli_prints_the_file_its_size_and_the_difference(scratch_run, tmp_pa
 
 
 def test_an_export_that_disagrees_beyond_the_tolerance_is_refused(scratch_run, tmp_path, monkeypatch):
-    from inat_keras import export
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection import export
+    from inat_keras.inspection.trained import load_trained
 
     reload = export.RUNNERS["savedmodel"]
     monkeypatch.setitem(export.RUNNERS, "savedmodel", lambda path: lambda images: reload(path)(images) + 0.01)
@@ -112,9 +112,9 @@ def test_an_export_that_disagrees_beyond_the_tolerance_is_refused(scratch_run, t
 def test_a_mixed_precision_model_is_exported_in_float32_so_tflite_can_run_it(tmp_path):
     import keras
 
-    from inat_keras.export import export_model
-    from inat_keras.models import build_cnn
-    from inat_keras.runs import load_trained
+    from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.trained import load_trained
+    from inat_keras.models.cnn import build_cnn
 
     # What a GPU run saves; its float16 ops would need TFLite's Flex delegate.
     keras.mixed_precision.set_global_policy("mixed_float16")

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-from conftest import REPO, make_dataset_root
-from inat_keras import training
+from inat_keras import runs
 from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
+from inat_keras.data import files, pipeline
 from inat_keras.errors import UserError
+from inat_keras.training import checkpoints, faults, loop
 
 TINY_CLI = [
     "--image-size", "32", "--num-blocks", "3", "--first-filters", "4", "--dense-units", "8",
@@ -139,7 +141,7 @@ def test_ctrl_c_saves_the_state_and_names_the_resume_command(tiny_dataset: Path,
 def test_a_ctrl_c_during_the_epoch_commit_waits_until_it_is_written() -> None:
     reached_end = False
     with pytest.raises(KeyboardInterrupt):
-        with training.sigint_deferred():
+        with faults.sigint_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # the handler runs here; a plain handler would raise now
             reached_end = True
@@ -154,7 +156,7 @@ def test_a_nan_loss_names_the_learning_rate_and_keeps_the_best_model(tiny_datase
     # One step per epoch: epoch 1's loss is measured before the absurd update, so it is finite.
     config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=3, batch_size=64, learning_rate=1e30)
     with pytest.raises(UserError) as caught:
-        training.train_run(config, verbose=0, log=quiet)
+        loop.train_run(config, verbose=0, log=quiet)
     message = str(caught.value)
     assert "NaN" in message and "1e+30" in message and "--learning-rate" in message
     run = tmp_path / "runs" / "run"
@@ -170,7 +172,7 @@ class BrokenDisk:
 
     def __init__(self, monkeypatch, module, name: str, fail: Callable) -> None:
         self.broken, self.armed = False, True
-        original_save, original = training.EpochCheckpoint.save_epoch, getattr(module, name)
+        original_save, original = checkpoints.EpochCheckpoint.save_epoch, getattr(module, name)
 
         def save_epoch(checkpoint, epoch: int, logs=None) -> None:
             self.broken = self.broken or (self.armed and epoch >= 1)
@@ -179,7 +181,7 @@ class BrokenDisk:
         def call(*args, **kwargs):
             return fail(*args, **kwargs) if self.broken else original(*args, **kwargs)
 
-        monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", save_epoch)
+        monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", save_epoch)
         monkeypatch.setattr(module, name, call)
 
     def repair(self) -> None:
@@ -201,14 +203,14 @@ def test_a_full_disk_ends_the_run_with_the_path_and_a_resumable_checkpoint(tiny_
     # fsync is where a full disk usually shows up: the data was accepted into the page cache, not stored.
     disk = BrokenDisk(monkeypatch, os, "fsync", no_space)
     with pytest.raises(UserError) as caught:
-        training.train_run(config, verbose=0, log=quiet)
+        loop.train_run(config, verbose=0, log=quiet)
     message = str(caught.value)
     assert "No space left on device" in message and str(run) in message and f"--resume {run}" in message
     assert epochs_saved(run) == 1
     assert not list(run.rglob(".*.tmp*")), "the failed write left no temporary file"
 
     disk.repair()
-    result = training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    result = loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=quiet)
     assert result.metrics["epochs_run"] == 3
 
 
@@ -217,7 +219,7 @@ def test_an_unwritable_run_directory_ends_the_run_with_a_clear_message(tiny_data
     run = tmp_path / "runs" / "run"
     BrokenDisk(monkeypatch, tempfile, "mkstemp", permission_denied)
     with pytest.raises(UserError) as caught:
-        training.train_run(config, verbose=0, log=quiet)
+        loop.train_run(config, verbose=0, log=quiet)
     message = str(caught.value)
     assert message.startswith(f"cannot write {run}") and "(Permission denied)" in message
     assert f"make {run} writable" in message and "\n" not in message
@@ -235,7 +237,7 @@ def test_out_of_memory_suggests_a_smaller_batch_size(tiny_dataset: Path, tmp_pat
     monkeypatch.setattr(keras.Model, "fit", fit)
     config = tiny_run_config(tiny_dataset, tmp_path / "runs", batch_size=8)
     with pytest.raises(UserError, match=r"out of memory with --batch-size 8 .*try --batch-size 4"):
-        training.train_run(config, verbose=0, log=quiet)
+        loop.train_run(config, verbose=0, log=quiet)
     assert not (tmp_path / "runs" / "run").exists(), "the retry with a smaller batch may use the same --name"
 
 
@@ -261,42 +263,42 @@ def kill_once(monkeypatch, module, name: str, when: Callable[..., bool] = lambda
 
 def interrupted_run(dataset: Path, out: Path, monkeypatch, *, epochs: int = 2) -> Path:
     """A run killed right after committing epoch 1 of ``epochs``."""
-    original = training.EpochCheckpoint.save_epoch
+    original = checkpoints.EpochCheckpoint.save_epoch
 
     def save_then_die(checkpoint, epoch, logs=None):
         original(checkpoint, epoch, logs)
         raise Killed("after epoch 1")
 
-    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", save_then_die)
+    monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", save_then_die)
     with pytest.raises(Killed):
-        training.train_run(tiny_run_config(dataset, out, epochs=epochs), verbose=0, log=quiet)
-    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", original)
+        loop.train_run(tiny_run_config(dataset, out, epochs=epochs), verbose=0, log=quiet)
+    monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", original)
     run = out / "run"
     assert epochs_saved(run) == 1
     return run
 
 
 def validation_accuracy(run: Path, model_path: Path) -> float:
-    from inat_keras import data as data_lib
-    from inat_keras.augment import load_model
+    from inat_keras import runs
+    from inat_keras.models.augment import load_model
 
-    config = training.load_run_config(run)
+    config = runs.load_run_config(run)
     class_names = json.loads((run / "config.json").read_text())["class_names"]
-    split = data_lib.load_split(run, class_names)
-    dataset = data_lib.make_dataset(split.validation, config.data, len(class_names), training=False)
+    split = files.load_split(run, class_names)
+    dataset = pipeline.make_dataset(split.validation, config.data, len(class_names), training=False)
     return load_model(model_path).evaluate(dataset, verbose=0, return_dict=True)["accuracy"]
 
 
 def test_a_kill_between_the_epoch_commit_and_best_keras_is_completed_on_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     run = tmp_path / "runs" / "run"
-    kill_once(monkeypatch, training, "publish_best")  # epoch 1 always improves: the first publication dies
+    kill_once(monkeypatch, checkpoints, "publish_best")  # epoch 1 always improves: the first publication dies
     with pytest.raises(Killed):
-        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=1), verbose=0, log=quiet)
+        loop.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=1), verbose=0, log=quiet)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["best_epoch"] == state["epochs_done"] == 1
     assert not (run / "best.keras").exists(), "best.keras is published only after state.json"
 
-    result = training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    result = loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=quiet)
     assert result.metrics["best_epoch"] == 1
     # best.keras is the model of the epoch state.json names as the best, not some other epoch's.
     assert validation_accuracy(run, run / "best.keras") == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
@@ -311,9 +313,9 @@ def test_best_keras_always_holds_the_epoch_state_json_names(tiny_dataset: Path, 
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         seen.append((validation_accuracy(run, run / "best.keras"), state["best_val_accuracy"]))
 
-    original = training.EpochCheckpoint.save_epoch
-    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", check_best)
-    training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=4, learning_rate=0.01), verbose=0, log=quiet)
+    original = checkpoints.EpochCheckpoint.save_epoch
+    monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", check_best)
+    loop.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=4, learning_rate=0.01), verbose=0, log=quiet)
     assert len(seen) == 4
     for on_disk, recorded in seen:
         assert on_disk == pytest.approx(recorded, abs=1e-6)
@@ -321,14 +323,14 @@ def test_best_keras_always_holds_the_epoch_state_json_names(tiny_dataset: Path, 
 
 def test_a_kill_before_the_last_epochs_history_is_written_is_mended_on_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     run = tmp_path / "runs" / "run"
-    kill_once(monkeypatch, training, "write_history", lambda run_dir, history, title: len(history) == 2)
+    kill_once(monkeypatch, checkpoints, "write_history", lambda run_dir, history, title: len(history) == 2)
     with pytest.raises(Killed):
-        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=2), verbose=0, log=quiet)
+        loop.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=2), verbose=0, log=quiet)
     assert epochs_saved(run) == 2
     with open(run / "history.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
 
-    training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+    loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=quiet)
     with open(run / "history.csv") as handle:
         reader = csv.DictReader(handle)
         assert [row["epoch"] for row in reader] == ["1", "2"]
@@ -346,14 +348,14 @@ def test_an_image_deleted_before_a_resume_is_named_or_skipped_before_training(ti
     os.remove(gone)
 
     with pytest.raises(UserError) as caught:
-        training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+        loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=quiet)
     message = str(caught.value)
     assert f"1 image(s) in {run / 'split.csv'} no longer exist (the first: {gone})" in message and "--skip-bad" in message
 
-    config = training.load_run_config(run)
+    config = runs.load_run_config(run)
     config.data.skip_bad = True
     logged = []
-    result = training.train_run(config, resume=True, verbose=0, log=logged.append)
+    result = loop.train_run(config, resume=True, verbose=0, log=logged.append)
     assert result.metrics["epochs_run"] == 2 and result.metrics["num_train_images"] == train_images - 1
     assert any("skipping 1 image(s) deleted since the run started" in line for line in logged)
 
@@ -364,16 +366,16 @@ def test_damaged_state_and_checkpoint_files_are_named_in_one_line(tiny_dataset: 
     checkpoint = run / "checkpoint" / json.loads(state_file.read_text())["checkpoint"]
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(UserError, match=re.escape(f"cannot load {checkpoint} (")) as caught:
-        training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+        loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=quiet)
     assert f"delete {state_file} to train again from epoch 1" in str(caught.value) and "\n" not in str(caught.value)
 
     state_file.write_text('{"epochs_done": 1, "check')
     with pytest.raises(UserError, match=re.escape(f"{state_file} is damaged (")):
-        training.train_run(training.load_run_config(run), resume=True, verbose=0, log=quiet)
+        loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=quiet)
 
     state_file.unlink()  # now as if no epoch had finished: said, then trained from the start
     logged = []
-    result = training.train_run(training.load_run_config(run), resume=True, verbose=0, log=logged.append)
+    result = loop.train_run(runs.load_run_config(run), resume=True, verbose=0, log=logged.append)
     assert any("has no finished epoch" in line and "starts at epoch 1" in line for line in logged)
     assert result.metrics["epochs_run"] == 2
 
@@ -382,27 +384,27 @@ def test_publishing_the_best_checkpoint_twice_leaves_no_temporary_file(tmp_path:
     checkpoint = tmp_path / "checkpoint" / "epoch-001.keras"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"model")
-    training.publish_best(tmp_path, checkpoint)
-    training.publish_best(tmp_path, checkpoint)  # a resume completing a publication that had finished
+    checkpoints.publish_best(tmp_path, checkpoint)
+    checkpoints.publish_best(tmp_path, checkpoint)  # a resume completing a publication that had finished
     assert (tmp_path / "best.keras").read_bytes() == b"model"
     assert not list(tmp_path.rglob(".*.tmp*"))
 
 
 def test_a_new_run_that_fails_before_its_first_epoch_gives_its_name_back(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    kill_once(monkeypatch, training, "build_model")  # as a --weights file that does not fit would
+    kill_once(monkeypatch, loop, "build_model")  # as a --weights file that does not fit would
     config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=1)
     with pytest.raises(Killed):
-        training.train_run(config, verbose=0, log=quiet)
+        loop.train_run(config, verbose=0, log=quiet)
     assert not (tmp_path / "runs" / "run").exists()
-    assert training.train_run(config, verbose=0, log=quiet).metrics["epochs_run"] == 1  # the corrected command
+    assert loop.train_run(config, verbose=0, log=quiet).metrics["epochs_run"] == 1  # the corrected command
 
     # In a folder that was there before (a search's), only the run's own files go.
     search_files = tmp_path / "runs" / "s" / "search"
     search_files.mkdir(parents=True)
     (search_files / "oracle.json").write_text("{}")
-    kill_once(monkeypatch, training, "build_model")
+    kill_once(monkeypatch, loop, "build_model")
     with pytest.raises(Killed):
-        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", "s"), verbose=0, log=quiet)
+        loop.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs", "s"), verbose=0, log=quiet)
     assert sorted(path.name for path in (tmp_path / "runs" / "s").iterdir()) == ["search"]
     assert (search_files / "oracle.json").read_text() == "{}"
 
@@ -414,6 +416,6 @@ def test_a_run_interrupted_in_its_first_epoch_keeps_its_folder_for_resume(tiny_d
         raise KeyboardInterrupt
 
     monkeypatch.setattr(keras.Model, "fit", fit)
-    with pytest.raises(training.Interrupted, match="interrupted after epoch 0"):
-        training.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs"), verbose=0, log=quiet)
+    with pytest.raises(faults.Interrupted, match="interrupted after epoch 0"):
+        loop.train_run(tiny_run_config(tiny_dataset, tmp_path / "runs"), verbose=0, log=quiet)
     assert (tmp_path / "runs" / "run" / "config.json").is_file()

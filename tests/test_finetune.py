@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from inat_keras.cli import run_main
-from inat_keras.compare import main as compare_main
+
+from inat_keras.cli.compare import main as compare_main
+from inat_keras.cli.finetune import main as finetune_main
+from inat_keras.cli.run import run_main
 from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
 from inat_keras.errors import UserError
-from inat_keras.finetune_cli import finetune_main
 
 
 def transfer_run(data: Path, out: Path, name: str, *, epochs: int, **model) -> RunConfig:
@@ -57,8 +57,9 @@ def test_the_finetune_demo_writes_every_run_artifact(tmp_path: Path) -> None:
 
 
 def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    from inat_keras import training
-    from inat_keras.training import EpochCheckpoint, train_run
+    from inat_keras.training import checkpoints
+    from inat_keras.training.checkpoints import EpochCheckpoint
+    from inat_keras.training.loop import train_run
 
     config = transfer_run(tiny_dataset, tmp_path / "runs", "two", epochs=3, unfreeze=8, head_epochs=1)
     save_epoch = EpochCheckpoint.save_epoch
@@ -68,11 +69,11 @@ def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(
         if epoch + 1 == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", interrupt_after_epoch_two)
+    monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", interrupt_after_epoch_two)
     first_log: list[str] = []
     with pytest.raises(UserError, match="finetune.py --resume"):
         train_run(config, verbose=0, log=first_log.append)
-    monkeypatch.setattr(training.EpochCheckpoint, "save_epoch", save_epoch)
+    monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", save_epoch)
 
     resumed_log: list[str] = []
     result = train_run(config, resume=True, verbose=0, log=resumed_log.append)
@@ -90,7 +91,7 @@ def test_head_training_on_cached_features_writes_the_same_artifacts_and_a_full_i
     import keras
     import numpy as np
 
-    from inat_keras.training import train_run
+    from inat_keras.training.loop import train_run
 
     log: list[str] = []
     config = transfer_run(tiny_dataset, tmp_path / "runs", "cached", epochs=2, unfreeze=0)

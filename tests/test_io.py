@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from inat_keras import io
+from inat_keras import storage
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_atomic_writes_get_the_mode_the_umask_gives_not_a_private_one(tmp_path: Path, monkeypatch, umask, mode) -> None:
-    monkeypatch.setattr(io, "current_umask", lambda: umask)
-    io.write_json(tmp_path / "metrics.json", {"test_accuracy": 0.5})
-    io.atomic_write(tmp_path / "best.keras", lambda tmp: tmp.write_bytes(b"PK"))  # as Keras saves: open(tmp, "wb")
+    monkeypatch.setattr(storage, "current_umask", lambda: umask)
+    storage.write_json(tmp_path / "metrics.json", {"test_accuracy": 0.5})
+    storage.atomic_write(tmp_path / "best.keras", lambda tmp: tmp.write_bytes(b"PK"))  # as Keras saves: open(tmp, "wb")
     for name in ("metrics.json", "best.keras"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.keras", "metrics.json"]
@@ -24,8 +24,8 @@ def test_atomic_writes_get_the_mode_the_umask_gives_not_a_private_one(tmp_path: 
 def test_the_umask_is_read_without_changing_it() -> None:
     before = os.umask(0o022)
     os.umask(before)
-    io.current_umask.cache_clear()
-    assert io.current_umask() == before
+    storage.current_umask.cache_clear()
+    assert storage.current_umask() == before
     after = os.umask(before)
     assert after == before
 
@@ -36,7 +36,7 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary_one(tmp_path: Pa
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space"):
-        io.atomic_write(tmp_path / "history.csv", fail)
+        storage.atomic_write(tmp_path / "history.csv", fail)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inat_keras import CNNConfig, UserError, build_cnn, count_macs, count_params
-from inat_keras.models import layer_macs
+from inat_keras.models.cnn import layer_macs
 
 CONFIGS = [
     CNNConfig(),
@@ -93,7 +93,7 @@ def test_bad_settings_raise_one_line_user_errors(overrides, message) -> None:
 
 
 def test_one_kernel_size_given_as_a_list_applies_to_every_block() -> None:
-    from inat_keras.cli import int_list
+    from inat_keras.cli.flags import int_list
 
     config = CNNConfig(input_size=32, num_blocks=3, kernel_size=int_list("5"))  # what --kernel-size 5 parses to
     assert config.block_kernels() == [5, 5, 5]

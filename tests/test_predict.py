@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 from inat_keras.errors import UserError
-from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +35,8 @@ def mixed_inputs(scratch_run: Path, tmp_path: Path) -> dict[str, list[str]]:
 
 
 def direct_top(run: Path, path: str) -> list[tuple[str, float]]:
-    from inat_keras.data import load_image
-    from inat_keras.runs import load_trained
+    from inat_keras.data.decode import load_image
+    from inat_keras.inspection.trained import load_trained
 
     trained = load_trained(run)
     image = load_image(path, trained.image_size)[None].astype(np.float32)
@@ -46,7 +46,7 @@ def direct_top(run: Path, path: str) -> list[tuple[str, float]]:
 
 
 def test_json_gives_top_k_of_good_files_and_one_error_line_per_bad_file(scratch_run, mixed_inputs, capsys):
-    from inat_keras.__main__ import main
+    from inat_keras.cli.main import main
 
     status = main(["predict", str(scratch_run), *mixed_inputs["inputs"], "--top-k", "2", "--json"])
     captured = capsys.readouterr()
@@ -67,7 +67,7 @@ def test_json_gives_top_k_of_good_files_and_one_error_line_per_bad_file(scratch_
 
 
 def test_the_table_lists_each_image_with_its_top_three(scratch_run, mixed_inputs, capsys):
-    from inat_keras.__main__ import main
+    from inat_keras.cli.main import main
 
     good = mixed_inputs["good"]
     assert main(["predict", str(scratch_run), *good]) == 0
@@ -79,7 +79,7 @@ def test_the_table_lists_each_image_with_its_top_three(scratch_run, mixed_inputs
 
 
 def test_csv_has_one_row_per_image_and_rank(scratch_run, mixed_inputs, capsys):
-    from inat_keras.__main__ import main
+    from inat_keras.cli.main import main
 
     assert main(["predict", str(scratch_run), *mixed_inputs["good"], "--csv", "--top-k", "4"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -90,8 +90,9 @@ def test_csv_has_one_row_per_image_and_rank(scratch_run, mixed_inputs, capsys):
 
 
 def test_a_bare_keras_file_needs_class_names_and_uses_the_given_ones(scratch_run, mixed_inputs, tmp_path):
-    from inat_keras.prediction import predict_paths
-    from inat_keras.runs import load_trained, parse_classes
+    from inat_keras.cli.flags import parse_classes
+    from inat_keras.inspection.predict import predict_paths
+    from inat_keras.inspection.trained import load_trained
 
     bare = tmp_path / "elsewhere" / "model.keras"
     bare.parent.mkdir()
@@ -111,7 +112,7 @@ def test_a_bare_keras_file_needs_class_names_and_uses_the_given_ones(scratch_run
 
 
 def test_a_file_named_and_inside_a_named_folder_is_predicted_once(scratch_run, mixed_inputs, capsys):
-    from inat_keras.prediction import main
+    from inat_keras.cli.predict import main
 
     photos = mixed_inputs["inputs"][0]
     again = [*mixed_inputs["good"], f"{photos}/page.jpg", photos, f"{photos}/deeper"]
@@ -123,7 +124,7 @@ def test_a_file_named_and_inside_a_named_folder_is_predicted_once(scratch_run, m
 
 
 def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch_run, mixed_inputs, tmp_path_factory, capsys):
-    from inat_keras.prediction import main
+    from inat_keras.cli.predict import main
 
     transfer_run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
     assert main([str(transfer_run), *mixed_inputs["inputs"], "--json"]) == 1
@@ -138,7 +139,7 @@ def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch
 
 @pytest.mark.parametrize("name", ["demoo", "best.h5", "model.keras"])
 def test_a_mistyped_model_path_is_said_not_to_exist(tmp_path, name):
-    from inat_keras.runs import locate_model
+    from inat_keras.inspection.trained import locate_model
 
     with pytest.raises(UserError, match=f"^{tmp_path / name} does not exist: pass a run directory"):
         locate_model(tmp_path / name)

@@ -12,18 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_dataset_root
-from inat_keras.cli import run_main, train_scratch_main
+
+from inat_keras.cli.run import run_main
+from inat_keras.cli.search import search_command
+from inat_keras.cli.train_scratch import main as train_scratch_main
 from inat_keras.config import RunConfig
 from inat_keras.errors import UserError
-from inat_keras.search import (
+from inat_keras.search.record import record_or_check
+from inat_keras.search.run import set_aside_other_retrain
+from inat_keras.search.space import (
     SCRATCH_SPACE,
     pinned_by_flags,
-    record_or_check,
     resolve_space,
-    search_command,
-    set_aside_other_retrain,
     trial_config,
 )
 
@@ -223,14 +224,14 @@ def test_each_trial_model_is_built_in_the_runs_precision_after_keras_tuner_clear
     import keras_tuner
 
     from inat_keras.config import DataConfig, TrainConfig
-    from inat_keras.search import tuner_classes
+    from inat_keras.search.hypermodel import TrialModels
 
     base = RunConfig(
         name="s", data=DataConfig(image_size=32), model={"num_blocks": 2, "first_filters": 4, "dense_units": [8]},
         train=TrainConfig(mixed_precision="on"),
     )
     split = types.SimpleNamespace(class_names=["a", "b", "c"], train=[None] * 8)
-    hypermodel = tuner_classes()["hypermodel"](base, {"activation": ["relu", "gelu"]}, split, tmp_path)
+    hypermodel = TrialModels(base, {"activation": ["relu", "gelu"]}, split, tmp_path)
     try:
         keras.utils.clear_session()  # what KerasTuner does before every build: the policy is back to float32
         model = hypermodel.build(keras_tuner.HyperParameters())
@@ -325,7 +326,7 @@ def test_resume_flag_is_refused_with_a_search() -> None:
 
 
 def test_a_finetuning_search_trains_each_trial_through_head_and_unfreezing_phases(tmp_path, search_data) -> None:
-    from inat_keras.finetune_cli import finetune_main
+    from inat_keras.cli.finetune import main as finetune_main
 
     space = {"unfreeze": ["all"], "dropout": [0.0, 0.3], "dense_units": [0, 8], "batch_size": [8, 16], "augment": False}
     args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain", space=space)

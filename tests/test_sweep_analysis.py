@@ -10,8 +10,9 @@ import keras_tuner as kt
 import pytest
 from keras_tuner.engine.trial import Trial
 
+from inat_keras.cli.sweep_analysis import main
 from inat_keras.errors import UserError
-from inat_keras.sweep_analysis import ANALYSIS_FILES, main, write_analysis
+from inat_keras.search.analysis import ANALYSIS_FILES, write_analysis
 
 
 def save_trial(search_dir: Path, trial_id: str, values: dict, status: str, metrics: dict | None = None) -> None:

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from inat_keras.cli import train_scratch_main
+from inat_keras.cli.train_scratch import main as train_scratch_main
 from inat_keras.config import RunConfig
 
 TINY_MODEL = ["--image-size", "32", "--num-blocks", "3", "--first-filters", "8", "--dense-units", "16"]
@@ -60,7 +60,7 @@ def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: 
         assert key in metrics, key
     assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
     from inat_keras import count_params
-    from inat_keras.training import gpu_available
+    from inat_keras.devices import gpu_available
 
     # What --mixed-precision auto and --jit-compile auto became on this machine.
     assert metrics["precision_policy"] == ("mixed_float16" if gpu_available() else "float32")
@@ -95,7 +95,7 @@ def test_demo_reaches_95_percent_on_the_real_digits(tmp_path: Path) -> None:
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
-    from inat_keras.cli import run_main
+    from inat_keras.cli.run import run_main
 
     assert run_main(train_scratch_main, argv) == 2
     error = capsys.readouterr().err.strip()
@@ -152,8 +152,8 @@ def test_demo_and_data_together_are_refused(tiny_dataset: Path, capsys) -> None:
 def test_resume_refuses_flags_it_would_ignore(tmp_path: Path, capsys) -> None:
     error = one_line_error(capsys, ["--resume", str(tmp_path / "runs" / "r"), "--epochs", "8", "--learning-rate", "0.1"])
     assert "--epochs, --learning-rate cannot change them" in error and "another --name" in error
-    from inat_keras.finetune_cli import finetune_main
-    from inat_keras.cli import run_main
+    from inat_keras.cli.finetune import main as finetune_main
+    from inat_keras.cli.run import run_main
 
     assert run_main(finetune_main, ["--resume", str(tmp_path / "runs" / "r"), "--backbone", "vgg16"]) == 2
     assert "--backbone cannot change them" in capsys.readouterr().err
@@ -162,8 +162,8 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path: Path, capsys) -> None:
 def test_resume_applies_skip_bad_and_the_wandb_mode(tmp_path: Path) -> None:
     import argparse
 
-    from inat_keras.cli import add_data_args, add_run_args, load_resume_config
-    from inat_keras.io import write_json
+    from inat_keras.cli.flags import add_data_args, add_run_args, load_resume_config
+    from inat_keras.storage import write_json
 
     run = tmp_path / "runs" / "r"
     write_json(run / "config.json", {**RunConfig(name="r", out=str(tmp_path / "elsewhere")).to_dict(), "class_names": ["a", "b"]})

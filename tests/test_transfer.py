@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from inat_keras import UserError, build_transfer
-from inat_keras.features import feature_extractor
-from inat_keras.transfer import BACKBONES, backbone_layers, head_layers, parse_unfreeze
+from inat_keras.models.backbones import BACKBONES, parse_unfreeze
+from inat_keras.models.transfer import backbone_layers, head_layers
+from inat_keras.training.features import feature_extractor
 
 
 def images(count: int, size: int, seed: int = 0) -> np.ndarray:

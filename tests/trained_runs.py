@@ -16,7 +16,7 @@ def tiny_scratch_run(base: Path) -> Path:
     """10 classes, 4 train and 3 test images each, 32x32, a 5-block CNN (4 to 64 filters) trained 6 epochs."""
     if "scratch" not in _RUNS:
         from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
-        from inat_keras.training import train_run
+        from inat_keras.training.loop import train_run
 
         data = make_dataset_root(
             base / "data", num_classes=NUM_CLASSES, train_per_class=4, val_per_class=TEST_PER_CLASS, size=(32, 32)
@@ -48,8 +48,8 @@ def tiny_transfer_run(base: Path) -> Path:
         import shutil
 
         from inat_keras.config import DataConfig, RunConfig
-        from inat_keras.io import read_json, write_json
-        from inat_keras.transfer import build_transfer
+        from inat_keras.models.transfer import build_transfer
+        from inat_keras.storage import read_json, write_json
 
         scratch = tiny_scratch_run(base)
         class_names = read_json(scratch / "config.json")["class_names"]
@@ -77,7 +77,7 @@ def calibrate_batch_norm(model, paths: list[str]) -> None:
     import keras
     import numpy as np
 
-    from inat_keras.data import load_image
+    from inat_keras.data.decode import load_image
 
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
@@ -90,7 +90,7 @@ def calibrate_batch_norm(model, paths: list[str]) -> None:
 
 def split_test_images(run_dir: Path) -> tuple[list[str], list[str]]:
     """(paths, class names) of a run's test split, in split.csv order."""
-    from inat_keras.io import read_csv
+    from inat_keras.storage import read_csv
 
     rows = [row for row in read_csv(run_dir / "split.csv") if row["subset"] == "test"]
     return [row["path"] for row in rows], [row["label"] for row in rows]

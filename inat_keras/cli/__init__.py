@@ -1,0 +1,1 @@
+"""Command-line front ends: each command parses its flags into config dataclasses and calls the library."""

@@ -1,0 +1,45 @@
+"""``python -m inat_keras export``: a trained model as SavedModel, TFLite or ONNX, checked against Keras."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from inat_keras.cli.flags import add_model_args
+from inat_keras.inspection.formats import FORMATS, TOLERANCE
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m inat_keras export", description="Export a trained model and check the export."
+    )
+    add_model_args(parser)
+    parser.add_argument(
+        "--format", choices=FORMATS, action="append", required=True, help="savedmodel, tflite or onnx (repeatable)"
+    )
+    parser.add_argument("--out", help="output folder (default: <run>/export)")
+    parser.add_argument(
+        "--tolerance", type=float, default=TOLERANCE, help=f"largest accepted probability difference ({TOLERANCE:g})"
+    )
+    args = parser.parse_args(argv)
+    # The library (and TensorFlow with it) is imported after the flags parse: --help and flag errors come at once.
+    from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.trained import default_output_dir, load_trained
+
+    trained = load_trained(args.model, args.classes)
+    out_dir = default_output_dir(trained, args.out, "export")
+    for fmt in dict.fromkeys(args.format):
+        result = export_model(trained, fmt, out_dir, tolerance=args.tolerance)
+        print(
+            f"{fmt}: {result['path']} ({human_size(result['bytes'])}); max difference from Keras "
+            f"{result['max_abs_difference']:.2e} on {result['checked_images']} images"
+        )
+    return 0

@@ -1,0 +1,200 @@
+"""Decoding one image file to a square uint8 RGB array, the same way wherever it is read.
+
+Plain JPEGs go through TensorFlow's decoder at a reduced DCT scale, then an area resize; every other
+file (PNG, GIF, WebP, CMYK or EXIF-turned JPEGs, ...) through Pillow. Decoding runs on a shared pool
+of threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from inat_keras.devices import usable_cores
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: EXIF orientation applied, alpha over white, 16-bit scaled.
+
+    Loads ``image`` and may change it in place: copies are made only when the pixels change, since
+    Pillow copies hold the GIL, which the decoding threads share.
+    """
+    ImageOps.exif_transpose(image, in_place=True)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow clips 16-bit values to 255 when converting; scale them down instead.
+        array = np.asarray(image, dtype=np.int64)
+        scale = 257.0 if array.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(array / scale, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+EXIF_ORIENTATION = 0x0112
+# The DCT scalings TensorFlow's decode_jpeg offers (its ``ratio``), as Pillow's ``draft`` does.
+JPEG_SCALES = (1, 2, 4, 8)
+
+
+def decodes_natively(image: Image.Image) -> bool:
+    """Whether TensorFlow's JPEG decoder shows the same picture as ``to_rgb`` would.
+
+    That is a JPEG in colour or grey, not turned by an EXIF orientation (TensorFlow ignores the tag);
+    CMYK JPEGs and every other format go through Pillow. Reads only the header.
+    """
+    return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
+
+
+def native_jpeg(path: str | os.PathLike) -> bool:
+    """``decodes_natively`` for a file; False for anything Pillow cannot open, so its path reports the error."""
+    try:
+        with Image.open(path) as image:
+            return decodes_natively(image)
+    except Exception:  # a bad file is not this probe's to report: load_image's Pillow path names what is wrong
+        return False
+
+
+@functools.cache
+def jpeg_decoder(size: int):
+    """A TensorFlow function: JPEG bytes to a ``size`` x ``size`` x 3 uint8 image, the GIL never taken.
+
+    Decodes at the largest DCT scale that keeps the short side at least ``size`` (what ``draft`` picks),
+    then averages the covered pixels (area resize: antialiased, and cheaper than a bilinear filter with
+    antialiasing); images smaller than ``size`` are enlarged bilinearly instead, since area enlarges
+    by repeating pixels.
+    """
+    import tensorflow as tf
+
+    def decode_at(contents, scale: int):
+        return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=scale)
+
+    def resize(image, method: str, antialias: bool = False):
+        return lambda: tf.image.resize(image, (size, size), method=method, antialias=antialias)
+
+    @tf.function(input_signature=[tf.TensorSpec((), tf.string)])
+    def decode(contents):
+        fits = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2]) // size
+        scale_index = tf.reduce_sum(tf.cast(fits >= tf.constant(JPEG_SCALES[1:]), tf.int32))
+        image = tf.switch_case(scale_index, [decode_at(contents, scale) for scale in JPEG_SCALES])
+        image.set_shape((None, None, 3))
+        shrinks = tf.reduce_min(tf.shape(image)[:2]) >= size
+        resized = tf.cond(shrinks, resize(image, "area"), resize(image, "bilinear", antialias=True))
+        # Both filters average non-negative weights, so values stay within 0-255: + 0.5 rounds.
+        return tf.cast(resized + 0.5, tf.uint8)
+
+    return decode
+
+
+def decode_with_pillow(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Any image file Pillow reads, at a reduced JPEG scale where the target allows, with an antialiased resize."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))
+        rgb = to_rgb(image)
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def decoder_reason(error) -> str:
+    """The sentence of a TensorFlow decoding error, without its op and device prefix."""
+    return error.message.split("}}")[-1].strip().splitlines()[0]
+
+
+def verify_jpeg(contents: bytes) -> None:
+    """Raise ValueError with TensorFlow's reason when ``jpeg_decoder`` would fail on these bytes.
+
+    Decodes at the smallest DCT scale: entropy decoding, where damage shows, reads every byte at any scale.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_jpeg(contents, channels=3, ratio=JPEG_SCALES[-1])
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"TensorFlow's JPEG decoder cannot read it: {decoder_reason(error)}") from None
+
+
+def decode_natively(path: str | os.PathLike, size: int) -> np.ndarray:
+    """A JPEG through ``jpeg_decoder``; a file it rejects raises Pillow's reason, or TensorFlow's when Pillow reads it."""
+    import tensorflow as tf
+
+    try:
+        return jpeg_decoder(size)(tf.constant(Path(path).read_bytes())).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        decode_with_pillow(path, size)  # raises with Pillow's words (truncated, say) when it fails too
+        raise ValueError(f"TensorFlow's JPEG decoder cannot read {path}: {decoder_reason(error)}") from None
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode any common image file to a ``size`` x ``size`` x 3 uint8 RGB array, as training sees it.
+
+    Plain JPEGs (``native_jpeg``) take TensorFlow's decoder, everything else Pillow; both decode at a
+    reduced DCT scale when the target is much smaller, which is most of the cost for 500-800 px photos
+    resized to 224.
+    """
+    return decode_natively(path, size) if native_jpeg(path) else decode_with_pillow(path, size)
+
+
+# Images per tf.numpy_function call: each call holds the GIL for about 0.2 ms of bookkeeping, time
+# the decoding threads wait for; a chunk pays it once.
+DECODE_CHUNK = 32
+DECODE_TASK = 4  # files per thread-pool task
+# Part of a file cache's name: caches written by an older decoder (Pillow for every file, before 2)
+# hold other pixels, so they are not reused.
+DECODER_VERSION = 2
+
+
+@functools.cache
+def decode_pool() -> ThreadPoolExecutor:
+    """The shared decoding threads.
+
+    Pillow releases the GIL while it decodes and resizes, so they use every core; its header parsing,
+    allocation and conversions hold it (about 1 ms per photo), which caps them near 900 images/s.
+    """
+    return ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="inat-decode")
+
+
+def on_decode_pool(count: int, work) -> None:
+    """``work(i)`` for i in range(count) on the decoding threads, ``DECODE_TASK`` indices per task.
+
+    A few files per task: a future per file costs GIL time of its own. list() waits for every task
+    and re-raises the first error.
+    """
+
+    def task(start: int) -> None:
+        for i in range(start, min(start + DECODE_TASK, count)):
+            work(i)
+
+    list(decode_pool().map(task, range(0, count, DECODE_TASK)))
+
+
+def load_images(paths: Sequence[str | os.PathLike], size: int, decode=load_image) -> np.ndarray:
+    """``decode`` (``load_image``) of each path, in parallel, stacked in order: (len(paths), size, size, 3) uint8."""
+    images = np.empty((len(paths), size, size, 3), np.uint8)
+
+    def decode_into(i: int) -> None:
+        images[i] = decode(paths[i], size)
+
+    on_decode_pool(len(paths), decode_into)
+    return images
+
+
+def native_jpegs(paths: Sequence[str]) -> list[bool]:
+    """``native_jpeg`` of each path, in order (header reads on the decoding threads: tens of microseconds a file)."""
+    flags = [False] * len(paths)
+
+    def probe(i: int) -> None:
+        flags[i] = native_jpeg(paths[i])
+
+    on_decode_pool(len(paths), probe)
+    return flags

@@ -1,0 +1,1 @@
+"""What a trained model does: evaluate, predict, explain, export, and runs compared."""

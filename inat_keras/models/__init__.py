@@ -1,0 +1,1 @@
+"""Keras models: the scratch CNN, transfer backbones, augmentation layers, and the factory for a run."""

@@ -1,0 +1,1 @@
+"""Hyperparameter search with KerasTuner, and the sweep analysis of its trials."""

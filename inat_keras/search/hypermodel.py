@@ -1,0 +1,121 @@
+"""The hypermodel: one trial's model, built from the run's base config and the trial's values, and trained."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from inat_keras.config import RunConfig
+from inat_keras.data.pipeline import batched, cached_images
+from inat_keras.models.factory import build_model
+from inat_keras.search.space import OBJECTIVE, declare, trial_config
+from inat_keras.training.finetune import fit_transfer
+from inat_keras.training.runtime import compile_model, set_precision
+from inat_keras.training.tracking import start_wandb
+
+# Early stopping inside a trial when --early-stopping does not set it: a trial that stalls for
+# three epochs rarely becomes the best one, and the budget goes to the next trial instead.
+TRIAL_PATIENCE = 3
+
+
+class TrialModels(kt.HyperModel):
+    """Builds and trains one trial's model from the run's base config and the trial's values."""
+
+    def __init__(self, base: RunConfig, space: dict[str, Any], split, search_dir: Path) -> None:
+        super().__init__(name=base.kind)
+        self.base, self.space, self.split, self.search_dir = base, space, split, search_dir
+        self.num_classes = len(split.class_names)
+        self.images: dict[str, Any] = {}
+        self.executions: dict[str, int] = {}
+
+    def build(self, hp):
+        config = trial_config(self.base, declare(hp, self.space, self.base))
+        # KerasTuner clears the Keras session before each build, which resets the precision policy.
+        set_precision(config.train.mixed_precision)
+        model = build_model(config, self.num_classes)
+        compile_model(model, config, steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
+        return model
+
+    def fit(self, hp, model, *args, trial_id: str, callbacks=(), verbose="auto", epochs=None, initial_epoch=0, **kwargs):
+        config = trial_config(self.base, hp.values)
+        patience = config.train.early_stopping or TRIAL_PATIENCE
+        # One History over all of fit_transfer's phases (each model.fit call starts its own).
+        history = keras.callbacks.History()
+        callbacks = [*callbacks, keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=patience), history]
+        wandb_run = self.start_tracking(config, trial_id, hp.values)
+        if wandb_run is not None:
+            callbacks.extend(wandb_run.callbacks())
+        train, validation = self.datasets(config)
+        budget = epochs or config.train.epochs
+        if config.kind == "transfer":
+            fit_transfer_trial(model, config, {"train": train, "validation": validation}, callbacks,
+                               budget=budget, initial_epoch=initial_epoch, verbose=verbose,
+                               steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
+        else:
+            model.fit(
+                train,
+                validation_data=validation,
+                epochs=budget,
+                initial_epoch=initial_epoch,
+                shuffle=False,  # the tf.data pipeline shuffles
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        if wandb_run is not None:
+            wandb_run.log_summary({"best_" + OBJECTIVE: max(history.history[OBJECTIVE])})
+            wandb_run.finish()
+        return history
+
+    def datasets(self, config: RunConfig):
+        """Images decoded and cached once for the whole search; batched per trial (batch size, augmentation)."""
+        if not self.images:
+            for subset in ("train", "validation"):
+                files = getattr(self.split, subset)
+                self.images[subset] = cached_images(files, self.base.data, self.num_classes, cache_name=f"search-{subset}")
+        return (
+            batched(self.images["train"], config.data, len(self.split.train), training=True),
+            batched(self.images["validation"], config.data, len(self.split.validation), training=False),
+        )
+
+    def start_tracking(self, config: RunConfig, trial_id: str, values: dict[str, Any]):
+        execution = self.executions[trial_id] = self.executions.get(trial_id, 0) + 1
+        name = f"{self.base.name}-trial-{trial_id}" + (f"-{execution}" if execution > 1 else "")
+        tracking = dataclasses.replace(config.tracking, group=config.tracking.group or self.base.name)
+        return start_wandb(
+            tracking,
+            self.search_dir / f"trial_{trial_id}",
+            name=name,
+            job_type="search",
+            config={**values, "trial_id": trial_id, "search": self.base.name},
+        )
+
+
+
+def fit_transfer_trial(model, config: RunConfig, datasets: dict[str, Any], callbacks: list, *,
+                       budget: int, initial_epoch: int, verbose, steps_per_epoch: int) -> None:
+    """A fine-tuning trial through the run's phases (head, then unfreezing), stopped at the trial's epoch budget."""
+    # Always on full images: KerasTuner saves the model that fit trains, which on cached features is the head alone.
+    config.model["feature_cache"] = False
+    state: dict[str, Any] = {"epochs_done": initial_epoch, "stopped": None}
+
+    fit_transfer(model, config, datasets, state, [*callbacks, EpochBudget(state, budget)], steps_per_epoch=steps_per_epoch,
+                 verbose=verbose, log=lambda message: None)
+
+
+class EpochBudget(keras.callbacks.Callback):
+    """Counts epochs for fit_transfer's phases and ends the trial at its budget or on early stopping."""
+
+    def __init__(self, state: dict[str, Any], budget: int) -> None:
+        super().__init__()
+        self.state, self.budget = state, budget
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state["epochs_done"] = epoch + 1
+        if self.state["epochs_done"] >= self.budget or self.model.stop_training:
+            self.state["stopped"] = "budget"
+            self.model.stop_training = True

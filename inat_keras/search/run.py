@@ -1,0 +1,149 @@
+"""A whole search: check the data and the space, search (or continue), analyse, retrain the best trial."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inat_keras.config import RunConfig
+from inat_keras.data.files import discover_dataset, make_split
+from inat_keras.data.gate import check_before_training
+from inat_keras.devices import configure_devices
+from inat_keras.errors import UserError
+from inat_keras.models.factory import cnn_config
+from inat_keras.runs import CONFIG_FILE, RETRAINED_FILE, SEARCH_DIR, run_dir_of
+from inat_keras.search.analysis import write_analysis
+from inat_keras.search.chief import serve_oracle, tuner_role
+from inat_keras.search.hypermodel import TrialModels
+from inat_keras.search.record import SearchSettings, check_search_files, record_or_check, search_record
+from inat_keras.search.space import most_blocks, trial_config
+from inat_keras.search.tuners import make_tuner
+from inat_keras.storage import read_json, write_json
+from inat_keras.training.finetune import validate_transfer
+from inat_keras.training.loop import resolve_data_dir, train_run
+
+# -- the search --------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    search_dir: Path
+    role: str
+    trials_run: list[str]
+    best: dict[str, Any] | None = None
+    run: Any = None  # the RunResult of the retrained best configuration
+    messages: list[str] = field(default_factory=list)
+
+
+def run_search(
+    base: RunConfig,
+    settings: SearchSettings,
+    *,
+    verbose: int | str = "auto",
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Search (or continue searching), analyse the trials, and retrain the best configuration."""
+    import keras
+
+
+    settings.validate()
+    base.train.validate()
+    base.data.validate()
+    if base.train.distribute != "none":
+        raise UserError(
+            f"--distribute {base.train.distribute} with --tuner: trials run on one device each; spread a search over "
+            f"devices or machines with KerasTuner's distributed mode (see README, 'Distributed search')"
+        )
+    role = tuner_role()
+    configure_devices()
+    resolve_data_dir(base)
+    discover_dataset(base.data.data_dir)  # the folder layout first: it costs no decoding
+    data_report = check_before_training(base.data.data_dir, skip_bad=base.data.skip_bad, log=log)
+    split = make_split(base.data, exclude=data_report.bad_paths)
+    check_space_fits(base, settings.space, len(split.class_names))
+    search_dir = run_dir_of(base) / SEARCH_DIR
+    search_dir.mkdir(parents=True, exist_ok=True)
+    if role != "worker":
+        record_or_check(search_dir, search_record(base, settings))
+
+    check_search_files(search_dir)
+    keras.utils.set_random_seed(base.data.seed)
+    hypermodel = TrialModels(base, settings.space, split, search_dir)
+    tuner = make_tuner(base, settings, hypermodel, search_dir)
+    if role == "chief":
+        tuner.oracle.verbose = verbose
+        tuner.save()
+        log(f"chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}")
+        serve_oracle(tuner.oracle)
+    else:
+        try:
+            tuner.search(verbose=verbose)
+        except KeyboardInterrupt:
+            raise UserError(
+                f"interrupted: the finished trials are kept in {search_dir}; re-run the same command to continue"
+            ) from None
+    result = SearchResult(search_dir, role, list(tuner.trials_run))
+    if role == "worker":
+        return result
+
+
+    analysis = write_analysis(search_dir)
+    result.best = analysis.best
+    result.messages.append(analysis.headline)
+    if settings.retrain and analysis.best is not None:
+        config = trial_config(base, analysis.best["hyperparameters"])
+        config.tracking = dataclasses.replace(config.tracking, group=config.tracking.group or base.name)
+        run_dir = run_dir_of(config)
+        best_id = str(analysis.best["trial_id"])
+        set_aside_other_retrain(run_dir, search_dir, best_id, log)
+        log(f"retraining the best configuration (trial {best_id}) into {run_dir}")
+        write_json(search_dir / RETRAINED_FILE, {"trial_id": best_id})
+        result.run = train_run(config, resume=(run_dir / CONFIG_FILE).exists(), verbose=verbose, log=log)
+    return result
+
+
+def set_aside_other_retrain(run_dir: Path, search_dir: Path, best_id: str, log: Callable[[str], None]) -> None:
+    """Move a retrain of another trial into ``retrain-trial-<id>/`` so the new best gets a run of its own.
+
+    A larger --max-trials can find a better trial after the best one was retrained; resuming that
+    run would report the old trial's model under the new trial's name. A search recorded before
+    RETRAINED_FILE existed names no trial, and its retrain is resumed as before.
+    """
+    marker = search_dir / RETRAINED_FILE
+    if not (run_dir / CONFIG_FILE).exists() or not marker.exists():
+        return
+    previous_id = str(read_json(marker).get("trial_id"))
+    if previous_id == best_id:
+        return
+    archive = run_dir / f"retrain-trial-{previous_id}"
+    archive.mkdir(exist_ok=True)
+    for entry in run_dir.iterdir():
+        if entry.name != SEARCH_DIR and not entry.name.startswith("retrain-trial-"):
+            entry.rename(archive / entry.name)
+    log(f"the best configuration is now trial {best_id}, no longer trial {previous_id}: its retrain moved to {archive}")
+
+
+def check_space_fits(base: RunConfig, space: dict[str, Any], num_classes: int) -> None:
+    """Refuse, before any trial, a space that cannot be built: too deep for the images, a bad backbone."""
+    if base.kind == "transfer":
+
+        backbones = space.get("backbone", [base.model.get("backbone")])
+        for backbone in backbones if isinstance(backbones, list) else [backbones]:
+            config = trial_config(base, {"backbone": backbone} if backbone else {})
+            try:
+                validate_transfer(config, num_classes)  # also fetches ImageNet weights once, before any trial
+            except UserError as error:
+                raise UserError(f"search space (backbone {backbone}): {error}") from None
+        return
+
+    deepest = trial_config(base, {"num_blocks": most_blocks(space, base.model.get("num_blocks", 5))})
+    if "kernel_size_per_block" in space:
+        deepest.model.pop("kernel_size", None)
+    try:
+        cnn_config(deepest, num_classes)
+    except UserError as error:
+        raise UserError(f"search space: {error}") from None

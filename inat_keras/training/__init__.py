@@ -1,0 +1,1 @@
+"""Training a run: devices and precision, the loop with resumable checkpoints, fine-tuning, tracking."""

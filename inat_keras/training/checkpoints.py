@@ -1,0 +1,175 @@
+"""Per-epoch checkpoints and the state that names them, so a run resumes after a crash, kill -9 or Ctrl-C.
+
+``checkpoint/state.json`` is the commit point: it is written after the epoch's checkpoint and before
+``best.keras`` is published, so a kill at any moment leaves a state pointing at complete files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inat_keras.errors import UserError, brief
+from inat_keras.models.augment import load_model
+from inat_keras.plots import plot_curves
+from inat_keras.runs import BEST_MODEL, CHECKPOINT_DIR, CURVES_FILE, HISTORY_FILE, STATE_FILE, read_run_json
+from inat_keras.storage import atomic_write, write_csv, write_json
+from inat_keras.training.faults import failed_writes_as_user_errors, sigint_deferred
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def _keras_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+def save_model_atomically(model, path: Path) -> None:
+    atomic_write(path, lambda tmp: model.save(tmp))
+
+
+def publish_best(run_dir: Path, checkpoint: Path) -> None:
+    """``best.keras`` becomes ``checkpoint`` in one rename: a hard link where the file system allows, else a copy."""
+    best = run_dir / BEST_MODEL
+    if best.exists() and os.path.samefile(best, checkpoint):
+        return  # already linked; renaming a link onto its twin would do nothing and leave the temporary file
+
+    def link_or_copy(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
+
+    atomic_write(best, link_or_copy)
+
+
+def finish_best_commit(run_dir: Path, state: dict[str, Any]) -> None:
+    """Publish the best checkpoint if a kill came between writing ``state.json`` and ``best.keras``."""
+    if state["checkpoint"] and state["best_epoch"] == state["epochs_done"]:
+        checkpoint = run_dir / CHECKPOINT_DIR / state["checkpoint"]
+        if checkpoint.is_file():
+            publish_best(run_dir, checkpoint)
+
+
+class EpochCheckpoint(_keras_callback_base()):
+    """After each epoch: best model, last checkpoint, history, and the state that names them.
+
+    ``state.json`` is written last and is the commit point: a kill at any moment leaves the
+    previous state pointing at a complete checkpoint. Early stopping lives here too, so its
+    patience counter survives a resume.
+    """
+
+    def __init__(self, run_dir: Path, state: dict[str, Any], patience: int | None, title: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = state
+        self.patience = patience
+        self.title = title
+        self._epoch_start = 0.0
+        # The model to save when fit trains only part of it (the head on cached features).
+        self.saved_model = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        # Ctrl-C waits until the epoch is saved, so an interrupt never loses a finished epoch.
+        with sigint_deferred(), failed_writes_as_user_errors(self.run_dir):
+            self.save_epoch(epoch, logs)
+
+    def save_epoch(self, epoch: int, logs=None) -> None:
+        import keras
+
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        seconds = time.perf_counter() - self._epoch_start
+        row = {"epoch": epoch + 1, **logs, "seconds": seconds}
+        if "learning_rate" not in row:
+            # convert_to_numpy: under a multi-worker strategy this is a MirroredVariable, which float() refuses.
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        state = self.state
+        state["history"].append(row)
+        state["train_seconds"] += seconds
+        val_accuracy = logs.get("val_accuracy", float("nan"))
+        if not math.isfinite(logs.get("loss", float("nan"))):
+            self.model.stop_training = True
+            state["stopped"] = "nan"
+            return
+        improved = val_accuracy > state["best_val_accuracy"]
+        if improved:
+            state["best_val_accuracy"], state["best_epoch"] = val_accuracy, epoch + 1
+        checkpoint = self.run_dir / CHECKPOINT_DIR / f"epoch-{epoch + 1:03d}.keras"
+        save_model_atomically(self.saved_model or self.model, checkpoint)
+        previous = state.get("checkpoint")
+        state["epochs_done"] = epoch + 1
+        state["checkpoint"] = checkpoint.name
+        if self.patience and state["epochs_done"] - state["best_epoch"] >= self.patience:
+            self.model.stop_training = True
+            state["stopped"] = "early_stopping"
+        write_json(self.run_dir / STATE_FILE, state)
+        # After the commit: best.keras never holds an epoch that state.json does not name. A kill
+        # between the two leaves state naming this checkpoint as the best; resuming publishes it.
+        if improved:
+            publish_best(self.run_dir, checkpoint)
+        if previous and previous != checkpoint.name:
+            (self.run_dir / CHECKPOINT_DIR / previous).unlink(missing_ok=True)
+        write_history(self.run_dir, state["history"], self.title)
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Half-written temporary files a killed process left behind (never the files they were for)."""
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        for stale in folder.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+
+
+def load_state(run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The resumed run's state; a fresh one, said aloud, when no epoch was committed yet."""
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        log(f"{run_dir} has no finished epoch ({STATE_FILE} is absent): training starts at epoch 1")
+        return new_state()
+    return read_run_json(path, fix=f"delete it to train {run_dir} again from epoch 1")
+
+
+def load_checkpoint(run_dir: Path, name: str):
+
+    path = run_dir / CHECKPOINT_DIR / name
+    if not path.is_file():
+        raise UserError(f"{path}, named in {run_dir / STATE_FILE}, is missing: delete {STATE_FILE} to train again from epoch 1")
+    try:
+        return load_model(path)
+    except Exception as error:  # Keras reports a damaged archive as several different errors
+        reason = brief(error)
+        raise UserError(
+            f"cannot load {path} ({reason}); if it is damaged, delete {run_dir / STATE_FILE} to train again from epoch 1"
+        ) from None
+
+
+def new_state() -> dict[str, Any]:
+    return {
+        "epochs_done": 0,
+        "checkpoint": None,
+        "best_val_accuracy": -1.0,
+        "best_epoch": 0,
+        "train_seconds": 0.0,
+        "history": [],
+        "stopped": None,
+        "finished": False,
+    }
+
+
+def write_history(run_dir: Path, history: list[dict[str, float]], title: str) -> None:
+
+    # One column order whether or not the run was resumed (state.json stores rows with sorted keys).
+    keys = {key for row in history for key in row}
+    last = [key for key in ("seconds", "learning_rate") if key in keys]
+    columns = ["epoch", *sorted(keys - {"epoch", *last}), *last]
+    write_csv(run_dir / HISTORY_FILE, columns, ([row.get(c, "") for c in columns] for row in history))
+    plot_curves(history, run_dir / CURVES_FILE, title=title)

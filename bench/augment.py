@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {number}/{args.rounds}: " + ", ".join(f"{s} {w} {samples[(s, w)][-1][0]:.0f}" for s, w in runs), flush=True)
 
     rates = {key: (median(r for r, _ in values), median(c for _, c in values)) for key, values in samples.items()}
-    print(f"\n--augment at {args.image_size}x{args.image_size}, batch {args.batch_size}, {usable_cores()} CPU cores, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"\n--augment at {args.image_size}x{args.image_size}, batch {args.batch_size}, {usable_cores()} CPU cores, "
+        f"median of {args.rounds} rounds"
+    )
     print(f"{'stack':<8}{'run as':<16}{'images/s':>10}{'CPU ms/image':>14}")
     for (stack, way), (rate, cpu) in rates.items():
         print(f"{stack:<8}{way:<16}{rate:>10.1f}{cpu:>14.2f}")

@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="passes over the data; the first decodes (at least 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="measure each pipeline this many times, alternating; report medians")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measure each pipeline this many times, alternating; report medians"
+    )
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here and reuse them (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -241,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             for name, build in zip(names, builds):
                 results[name].add(time_epochs(build, args.epochs))
-            print(f"round {round_}/{args.rounds}: " + ", ".join(
-                f"{name.split()[0]} {results[name].first[-1]:.0f} then {results[name].later[-1]:.0f} images/s" for name in names
-            ), flush=True)
+            print(
+                f"round {round_}/{args.rounds}: "
+                + ", ".join(
+                    f"{name.split()[0]} {results[name].first[-1]:.0f} then {results[name].later[-1]:.0f} images/s"
+                    for name in names
+                ),
+                flush=True,
+            )
         floor = decode_floor(root, args.image_size)
         quality = resize_quality(root, args.image_size)
     finally:
@@ -252,16 +259,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from inat_keras.devices import usable_cores
 
-    print(f"\nimages/s at {args.image_size}x{args.image_size}, batch {args.batch_size}, {usable_cores()} CPU cores, "
-          f"median of {args.rounds} round{'s' if args.rounds > 1 else ''}")
+    print(
+        f"\nimages/s at {args.image_size}x{args.image_size}, batch {args.batch_size}, {usable_cores()} CPU cores, "
+        f"median of {args.rounds} round{'s' if args.rounds > 1 else ''}"
+    )
     print(f"{'pipeline':<42}{'first epoch':>14}{'later epochs':>14}{'CPU ms/image, 1st':>20}")
     for name, measured in results.items():
         print(f"{name:<42}{median(measured.first):>14.1f}{median(measured.later):>14.1f}{median(measured.first_cpu_ms):>20.2f}")
     print(f"\none core, milliseconds per image (best of 3 passes over {min(args.images, 100)} images)")
     for name, ms in floor.items():
         print(f"{name:<42}{ms:>14.2f}")
-    print(f"image quality, PSNR against a Lanczos resize of the full decode: baseline {quality['baseline']:.1f} dB, "
-          f"ours {quality['ours']:.1f} dB")
+    print(
+        f"image quality, PSNR against a Lanczos resize of the full decode: baseline {quality['baseline']:.1f} dB, "
+        f"ours {quality['ours']:.1f} dB"
+    )
     base, ours_ = (results[name] for name in names)
     # The baseline's CPU time inside tf.data (no eager dispatch) over the least any JPEG decode of
     # these files costs: the speed-up a pipeline with a free resize and no overhead would reach.

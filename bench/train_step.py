@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import write_folder  # noqa: E402  (bench/pipeline.py, beside this file)
+from pipeline import write_folder
 
 NATIVE_SIZES = {"scratch": 224, "resnet50": 224, "xception": 299, "efficientnetv2s": 384}
 LABELS = {"scratch": "scratch CNN", "resnet50": "ResNet50", "xception": "Xception", "efficientnetv2s": "EfficientNetV2-S"}
@@ -121,9 +121,7 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, floa
     from inat_keras.training.runtime import resolve_jit
 
     size = args.image_size or NATIVE_SIZES[name]
-    data = DataConfig(
-        image_size=size, batch_size=args.batch_size, augment=args.augment, augment_placement=args.augment_placement
-    )
+    data = DataConfig(image_size=size, batch_size=args.batch_size, augment=args.augment, augment_placement=args.augment_placement)
     pipeline = pipeline_feed(folder, data)
     feeds = {"pipeline": pipeline, "memory": memory_feed(pipeline)}
     rates = {}
@@ -155,11 +153,13 @@ def print_table(table: dict[str, dict[str, dict[str, float]]], args: argparse.Na
     for name in args.models:
         cells = [f"{table[s][name]['pipeline']:,.0f} ({table[s][name]['memory']:,.0f})" for s in TABLE_SETTINGS]
         print(f"| {LABELS[name]} ({args.image_size or NATIVE_SIZES[name]}) | " + " | ".join(cells) + " |")
-    print(" ".join(
-        f"{name}_{setting.replace(' + XLA', '_xla')}={table[setting][name]['pipeline']:.1f}"
-        for name in args.models
-        for setting in TABLE_SETTINGS
-    ))
+    print(
+        " ".join(
+            f"{name}_{setting.replace(' + XLA', '_xla')}={table[setting][name]['pipeline']:.1f}"
+            for name in args.models
+            for setting in TABLE_SETTINGS
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=256, help="generated JPEGs behind the pipeline feed")
     parser.add_argument("--augment", action="store_true", help="include the random augmentation")
     parser.add_argument(
-        "--augment-placement", choices=("auto", "pipeline", "model"), default="auto",
+        "--augment-placement",
+        choices=("auto", "pipeline", "model"),
+        default="auto",
         help="where --augment runs: the tf.data map, or the model's first layers (auto: model with a GPU)",
     )
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (loss scaling, float32 softmax)")
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here and reuse them")
     parser.add_argument("--image-size", type=int, help="one input size for every model instead of its native size")
     parser.add_argument(
-        "--table", action="store_true",
+        "--table",
+        action="store_true",
         help="every model in float32 and mixed_float16, each without and with XLA, as a markdown table (the README's GPU table)",
     )
     args = parser.parse_args(argv)
@@ -207,21 +210,29 @@ def main(argv: list[str] | None = None) -> int:
 
     placement = f" in the {resolve_augment_placement(args.augment_placement)}" if args.augment else ""
     if args.table:
-        print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
-              f"augment={args.augment}{placement}; fed by the pipeline (from the memory feed)")
+        print(
+            f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
+            f"augment={args.augment}{placement}; fed by the pipeline (from the memory feed)"
+        )
         print_table(table, args)
         return 0
     results = table[None]
     precision = "mixed_float16" if args.mixed_precision else "float32"
-    print(f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
-          f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}{placement}")
+    print(
+        f"\ntraining images/s on {', '.join(devices)}; batch {args.batch_size}, {args.steps} steps, "
+        f"{precision}, jit_compile={args.jit_compile}, augment={args.augment}{placement}"
+    )
     print(f"{'model':<18}{'size':>6}{'pipeline':>12}{'memory':>12}{'pipeline cost':>15}")
     for name, rates in results.items():
-        print(f"{name:<18}{args.image_size or NATIVE_SIZES[name]:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%")
-    print(" ".join(
-        f"{name}_pipeline={r['pipeline']:.1f} {name}_memory={r['memory']:.1f} {name}_pipeline_cost_pct={r['cost_pct']:.1f}"
-        for name, r in results.items()
-    ))
+        print(
+            f"{name:<18}{args.image_size or NATIVE_SIZES[name]:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%"
+        )
+    print(
+        " ".join(
+            f"{name}_pipeline={r['pipeline']:.1f} {name}_memory={r['memory']:.1f} {name}_pipeline_cost_pct={r['cost_pct']:.1f}"
+            for name, r in results.items()
+        )
+    )
     return 0
 
 

@@ -68,6 +68,8 @@ def read_run_json(path: Path, *, fix: str) -> Any:
         return read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is damaged ({error}): {fix}") from None
+
+
 SEARCH_DIR = "search"
 SETTINGS_FILE = "search.json"
 RETRAINED_FILE = "retrained.json"  # which trial the run beside the search retrains

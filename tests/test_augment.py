@@ -16,7 +16,7 @@ def images(count: int = 2, size: int = 6) -> np.ndarray:
 
 
 def warped(pictures: np.ndarray, scale: float = 1.0, angle: float = 0.0, shift_x: float = 0.0, shift_y: float = 0.0):
-    full = lambda value: np.full((len(pictures),), value, "float32")  # noqa: E731
+    full = lambda value: np.full((len(pictures),), value, "float32")
     return np.asarray(warp(pictures, full(scale), full(angle), full(shift_x), full(shift_y)))
 
 
@@ -50,7 +50,12 @@ def test_the_layer_changes_training_images_only_and_a_seed_repeats_it() -> None:
 
 def test_xla_compiles_the_warp_to_the_same_pixels() -> None:
     pictures = tf.constant(images(3, 24))
-    params = [tf.constant([0.6, 0.8, 1.0]), tf.constant([0.2, -0.1, 0.0]), tf.constant([3.0, -2.5, 0.0]), tf.constant([0.0, 1.5, -4.0])]
+    params = [
+        tf.constant([0.6, 0.8, 1.0]),
+        tf.constant([0.2, -0.1, 0.0]),
+        tf.constant([3.0, -2.5, 0.0]),
+        tf.constant([0.0, 1.5, -4.0]),
+    ]
     plain = tf.function(warp)(pictures, *params)
     compiled = tf.function(warp, jit_compile=True)(pictures, *params)
     np.testing.assert_allclose(compiled.numpy(), plain.numpy(), atol=1e-3)
@@ -58,7 +63,9 @@ def test_xla_compiles_the_warp_to_the_same_pixels() -> None:
 
 def test_a_model_holding_the_layer_saves_and_loads_with_its_settings(tmp_path: Path) -> None:
     inputs = keras.Input((16, 16, 3))
-    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(RandomAffine(zoom_in=0.2, shift=0.05, rotation=0.01, seed=7, name="warp")(inputs)))
+    outputs = keras.layers.Dense(2)(
+        keras.layers.Flatten()(RandomAffine(zoom_in=0.2, shift=0.05, rotation=0.01, seed=7, name="warp")(inputs))
+    )
     model = keras.Model(inputs, outputs)
     model.save(tmp_path / "model.keras")
     loaded = load_model(tmp_path / "model.keras")

@@ -142,9 +142,7 @@ def test_a_gpu_run_augmenting_in_the_model_trains_with_xla_and_records_it(
     assert read_json(off / "metrics.json")["jit_compile"] is False
 
 
-def test_auto_placement_is_recorded_resolved_so_a_resume_augments_in_the_same_place(
-    tiny_dataset: Path, tmp_path: Path
-) -> None:
+def test_auto_placement_is_recorded_resolved_so_a_resume_augments_in_the_same_place(tiny_dataset: Path, tmp_path: Path) -> None:
     from inat_keras.storage import read_json
 
     run_dir = train_tiny_run(tiny_dataset, tmp_path / "runs", "auto")

@@ -7,20 +7,34 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from PIL import Image
+
+from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
-import augment  # noqa: E402  (bench/augment.py)
-import finetune_cache  # noqa: E402  (bench/finetune_cache.py)
-import pipeline  # noqa: E402  (bench/pipeline.py)
-import train_step  # noqa: E402  (bench/train_step.py)
+import augment
+import finetune_cache
+import pipeline
+import train_step
 
 
 def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "jpegs"
-    args = ["--images", "12", "--classes", "3", "--image-size", "32", "--batch-size", "4", "--rounds", "2", "--folder", str(folder)]
+    args = [
+        "--images",
+        "12",
+        "--classes",
+        "3",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "2",
+        "--folder",
+        str(folder),
+    ]
     assert pipeline.main(args) == 0
     output = capsys.readouterr().out.strip().splitlines()
     assert sum(line.startswith("round ") for line in output) == 2
@@ -38,8 +52,23 @@ def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) 
 
 @pytest.mark.parametrize("augment", [[], ["--augment", "--augment-placement", "model"]], ids=["plain", "augment-in-model"])
 def test_the_train_step_benchmark_reports_both_feeds_and_the_pipeline_cost(tmp_path: Path, capsys, augment) -> None:
-    args = ["--models", "scratch", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-            "--images", "8", "--folder", str(tmp_path / "jpegs"), *augment]
+    args = [
+        "--models",
+        "scratch",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--images",
+        "8",
+        "--folder",
+        str(tmp_path / "jpegs"),
+        *augment,
+    ]
     assert train_step.main(args) == 0
     output = capsys.readouterr().out.strip().splitlines()
     assert ("augment=True in the model" in "\n".join(output)) == bool(augment)
@@ -82,12 +111,27 @@ def test_the_augmentation_benchmark_compares_both_stacks_and_ends_with_the_speed
 
 
 def test_the_train_step_benchmark_prints_the_gpu_table_of_precisions_and_xla(tmp_path: Path, capsys) -> None:
-    args = ["--models", "scratch", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-            "--images", "8", "--folder", str(tmp_path / "jpegs"), "--table"]
+    args = [
+        "--models",
+        "scratch",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--images",
+        "8",
+        "--folder",
+        str(tmp_path / "jpegs"),
+        "--table",
+    ]
     assert train_step.main(args) == 0
     output = capsys.readouterr().out.strip().splitlines()
     header = output.index("| model (native size) | float32 | float32 + XLA | mixed_float16 | mixed_float16 + XLA |")
     row = output[header + 2]
     assert re.fullmatch(r"\| scratch CNN \(32\)( \| [\d,]+ \([\d,]+\)){4} \|", row), row
-    keys = "float32 float32_xla mixed_float16 mixed_float16_xla".split()
+    keys = ["float32", "float32_xla", "mixed_float16", "mixed_float16_xla"]
     assert re.fullmatch(" ".join(rf"scratch_{key}=\d+\.\d" for key in keys), output[-1]), output[-1]

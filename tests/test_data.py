@@ -119,7 +119,7 @@ def test_pipeline_yields_float_batches_in_0_255_with_one_hot_labels(tiny_dataset
     batches = list(dataset)
     images, labels = batches[0]
     assert images.shape == (5, 32, 32, 3) and images.dtype.name == "float32"
-    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+    assert float(images.numpy().min()) >= 0.0 and float(images.numpy().max()) <= 255.0
     assert float(images.numpy().max()) > 1.0  # raw 0-255: normalisation is the model's job
     np.testing.assert_array_equal(labels.numpy().sum(axis=1), 1.0)
     assert sum(int(b[0].shape[0]) for b in batches) == len(split.train)
@@ -170,8 +170,14 @@ def write_router_images(folder: Path) -> dict[str, bool]:
     picture.save(folder / "png_named.jpg", format="PNG")
     (folder / "notes.jpg").write_text("not an image")
     return {
-        "plain.jpg": True, "progressive.jpg": True, "gray.jpg": True, "cmyk.jpg": False,
-        "turned.jpg": False, "image.png": False, "png_named.jpg": False, "notes.jpg": False,
+        "plain.jpg": True,
+        "progressive.jpg": True,
+        "gray.jpg": True,
+        "cmyk.jpg": False,
+        "turned.jpg": False,
+        "image.png": False,
+        "png_named.jpg": False,
+        "notes.jpg": False,
     }
 
 
@@ -231,6 +237,7 @@ def test_a_jpeg_the_decoder_rejects_is_named_with_the_reason(tmp_path: Path, mon
     def rejects(size: int):
         def decode(contents):
             raise tf.errors.InvalidArgumentError(None, None, "{{function_node x}} Unsupported marker type 0xc3")
+
         return decode
 
     monkeypatch.setattr(decode, "jpeg_decoder", rejects)  # a file Pillow reads but TensorFlow would not

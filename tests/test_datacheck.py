@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset_root
 from PIL import Image
-from test_faults import quiet, tiny_run_config
 
+from conftest import make_dataset_root
 from inat_keras.cli.main import main as inat_main
 from inat_keras.data.check import check_dataset
 from inat_keras.data.decode import load_image
 from inat_keras.errors import UserError
 from inat_keras.training.loop import train_run
+from test_faults import quiet, tiny_run_config
 
 TOP, BOTTOM = (230, 40, 40), (20, 20, 120)
 
@@ -156,8 +156,13 @@ def test_the_check_names_every_bad_file_duplicate_and_ignored_file(tmp_path: Pat
     assert leak["splits"] == "train+val" and sorted(Path(p).name for p in leak["paths"]) == ["baseline.JPG", "leak.jpg"]
     assert conflict["splits"] == "train" and conflict["classes"] == ["cat", "dog"]
     assert report.summary == {
-        "images": 23, "usable": 17, "unusable": 6, "ignored": 7, "classes": 2,
-        "duplicate_groups": 2, "duplicate_groups_across_splits": 1,
+        "images": 23,
+        "usable": 17,
+        "unusable": 6,
+        "ignored": 7,
+        "classes": 2,
+        "duplicate_groups": 2,
+        "duplicate_groups_across_splits": 1,
     }
 
 

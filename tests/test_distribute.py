@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from inat_keras.config import RunConfig, TrainConfig
 from inat_keras.errors import UserError
 from inat_keras.training.distribute import (
@@ -61,7 +61,10 @@ def test_a_chief_task_is_the_chief_and_counts_as_a_worker() -> None:
         ({}, "needs TF_CONFIG"),
         ({"TF_CONFIG": "{not json"}, "not valid"),
         (tf_config(["127.0.0.1:1"], 3), "not in its cluster"),
-        ({"TF_CONFIG": json.dumps({"cluster": {"ps": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": 0}})}, "'ps'"),
+        (
+            {"TF_CONFIG": json.dumps({"cluster": {"ps": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": 0}})},
+            "'ps'",
+        ),
     ],
 )
 def test_a_missing_or_wrong_tf_config_is_a_one_line_user_error(environ: dict[str, str], words: str) -> None:
@@ -98,14 +101,28 @@ def test_the_report_gives_the_global_batch_and_the_scaled_learning_rate() -> Non
     assert report["global_batch_size"] == 128 and report["learning_rate"] == pytest.approx(8e-3)
 
 
-def test_two_workers_on_localhost_train_one_epoch_and_only_the_chief_writes_the_run(
-    tiny_dataset: Path, tmp_path: Path
-) -> None:
+def test_two_workers_on_localhost_train_one_epoch_and_only_the_chief_writes_the_run(tiny_dataset: Path, tmp_path: Path) -> None:
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     out = tmp_path / "runs"
     args = [
-        "--data", str(tiny_dataset), *TINY_MODEL, "--epochs", "1", "--batch-size", "4", "--learning-rate", "1e-3",
-        "--distribute", "multiworker", "--out", str(out), "--name", "mw", "--wandb", "off", "--quiet",
+        "--data",
+        str(tiny_dataset),
+        *TINY_MODEL,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--distribute",
+        "multiworker",
+        "--out",
+        str(out),
+        "--name",
+        "mw",
+        "--wandb",
+        "off",
+        "--quiet",
     ]
     processes = []
     for index in range(2):
@@ -117,8 +134,14 @@ def test_two_workers_on_localhost_train_one_epoch_and_only_the_chief_writes_the_
             "CUDA_VISIBLE_DEVICES": "",
         }
         log = open(tmp_path / f"worker{index}.log", "w")
-        processes.append((subprocess.Popen([sys.executable, str(REPO / "train_scratch.py"), *args], env=env,
-                                           stdout=log, stderr=subprocess.STDOUT), log))
+        processes.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, str(REPO / "train_scratch.py"), *args], env=env, stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
     try:
         codes = [process.wait(timeout=140) for process, _ in processes]
     finally:
@@ -163,9 +186,29 @@ def test_fine_tuning_recompiles_inside_the_mirrored_strategy_between_phases(tiny
     from inat_keras.cli.finetune import main as finetune_main
 
     args = [
-        "--data", str(tiny_dataset), "--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
-        "--epochs", "2", "--head-epochs", "1", "--batch-size", "4", "--distribute", "mirrored",
-        "--out", str(tmp_path / "runs"), "--name", "ft", "--wandb", "off", "--quiet",
+        "--data",
+        str(tiny_dataset),
+        "--backbone",
+        "mobilenetv2",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--distribute",
+        "mirrored",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "ft",
+        "--wandb",
+        "off",
+        "--quiet",
     ]
     assert finetune_main(args) == 0
     metrics = json.loads((tmp_path / "runs" / "ft" / "metrics.json").read_text())

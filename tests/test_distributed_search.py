@@ -27,15 +27,38 @@ def test_a_chief_and_two_workers_run_every_trial_exactly_once(tmp_path: Path) ->
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE))
     command = [
-        sys.executable, "train_scratch.py", "--data", str(data), "--tuner", "random", "--max-trials", "3",
-        "--epochs", "1", "--image-size", "32", "--search-space", str(space), "--out", str(tmp_path / "runs"),
-        "--name", "dist", "--wandb", "off", "--quiet", "--no-retrain",
+        sys.executable,
+        "train_scratch.py",
+        "--data",
+        str(data),
+        "--tuner",
+        "random",
+        "--max-trials",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--search-space",
+        str(space),
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "dist",
+        "--wandb",
+        "off",
+        "--quiet",
+        "--no-retrain",
     ]
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
     processes = {
         tuner_id: subprocess.Popen(
-            command, cwd=REPO, env={**env, "KERASTUNER_TUNER_ID": tuner_id},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=REPO,
+            env={**env, "KERASTUNER_TUNER_ID": tuner_id},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for tuner_id in ("chief", "tuner0", "tuner1")
     }

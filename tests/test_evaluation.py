@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from inat_keras.errors import UserError
+from inat_keras.storage import read_csv, read_json
 from trained_runs import (
     TEST_PER_CLASS,
     split_test_images,
     tiny_scratch_run,
     tiny_transfer_run,
 )
-
-from inat_keras.errors import UserError
-from inat_keras.storage import read_csv, read_json
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from trained_runs import tiny_scratch_run, tiny_transfer_run
 
 from inat_keras.storage import read_json
+from trained_runs import tiny_scratch_run, tiny_transfer_run
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 from inat_keras.errors import UserError
 from inat_keras.storage import read_json
+from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +56,7 @@ def reload_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-@pytest.mark.parametrize(
-    ("fmt", "reload"), [("savedmodel", reload_savedmodel), ("tflite", reload_tflite), ("onnx", reload_onnx)]
-)
+@pytest.mark.parametrize(("fmt", "reload"), [("savedmodel", reload_savedmodel), ("tflite", reload_tflite), ("onnx", reload_onnx)])
 def test_each_export_round_trips_within_tolerance(scratch_run, batch, tmp_path, fmt, reload):
     from inat_keras.inspection.export import export_model
     from inat_keras.inspection.trained import load_trained

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from inat_keras import runs
 from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
 from inat_keras.data import files, pipeline
@@ -25,8 +25,19 @@ from inat_keras.errors import UserError
 from inat_keras.training import checkpoints, faults, loop
 
 TINY_CLI = [
-    "--image-size", "32", "--num-blocks", "3", "--first-filters", "4", "--dense-units", "8",
-    "--batch-size", "4", "--wandb", "off", "--quiet",
+    "--image-size",
+    "32",
+    "--num-blocks",
+    "3",
+    "--first-filters",
+    "4",
+    "--dense-units",
+    "8",
+    "--batch-size",
+    "4",
+    "--wandb",
+    "off",
+    "--quiet",
 ]
 
 
@@ -87,7 +98,9 @@ def saving_a_checkpoint(run: Path) -> bool:
 
 def test_a_run_killed_twice_resumes_to_exactly_the_requested_epochs(tiny_dataset: Path, tmp_path: Path) -> None:
     run, log = tmp_path / "runs" / "killed", tmp_path / "train.log"
-    first = start_training(["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--name", "killed", "--epochs", "6", *TINY_CLI], log)
+    first = start_training(
+        ["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--name", "killed", "--epochs", "6", *TINY_CLI], log
+    )
     # Kill point 1: as soon as the first epoch is committed (the second one is under way).
     wait_until(lambda: epochs_saved(run) >= 1, first, log)
     assert kill(first) == -signal.SIGKILL
@@ -100,7 +113,10 @@ def test_a_run_killed_twice_resumes_to_exactly_the_requested_epochs(tiny_dataset
 
     final = subprocess.run(
         [sys.executable, str(REPO / "train_scratch.py"), "--resume", str(run), "--quiet"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert final.returncode == 0, final.stderr[-3000:]
 
@@ -124,7 +140,9 @@ def test_a_run_killed_twice_resumes_to_exactly_the_requested_epochs(tiny_dataset
 
 def test_ctrl_c_saves_the_state_and_names_the_resume_command(tiny_dataset: Path, tmp_path: Path) -> None:
     run, log = tmp_path / "runs" / "ctrl-c", tmp_path / "train.log"
-    process = start_training(["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--name", "ctrl-c", "--epochs", "30", *TINY_CLI], log)
+    process = start_training(
+        ["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--name", "ctrl-c", "--epochs", "30", *TINY_CLI], log
+    )
     wait_until(lambda: epochs_saved(run) >= 2, process, log)
     assert kill(process, signal.SIGINT) == 2
 
@@ -140,11 +158,10 @@ def test_ctrl_c_saves_the_state_and_names_the_resume_command(tiny_dataset: Path,
 
 def test_a_ctrl_c_during_the_epoch_commit_waits_until_it_is_written() -> None:
     reached_end = False
-    with pytest.raises(KeyboardInterrupt):
-        with faults.sigint_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the handler runs here; a plain handler would raise now
-            reached_end = True
+    with pytest.raises(KeyboardInterrupt), faults.sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here; a plain handler would raise now
+        reached_end = True
     assert reached_end
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -197,7 +214,9 @@ def permission_denied(dir: str, prefix: str, suffix: str, **kwargs):
     raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}abc123{suffix}"))
 
 
-def test_a_full_disk_ends_the_run_with_the_path_and_a_resumable_checkpoint(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_full_disk_ends_the_run_with_the_path_and_a_resumable_checkpoint(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     config = tiny_run_config(tiny_dataset, tmp_path / "runs", epochs=3)
     run = tmp_path / "runs" / "run"
     # fsync is where a full disk usually shows up: the data was accepted into the page cache, not stored.
@@ -289,7 +308,9 @@ def validation_accuracy(run: Path, model_path: Path) -> float:
     return load_model(model_path).evaluate(dataset, verbose=0, return_dict=True)["accuracy"]
 
 
-def test_a_kill_between_the_epoch_commit_and_best_keras_is_completed_on_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_kill_between_the_epoch_commit_and_best_keras_is_completed_on_resume(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     run = tmp_path / "runs" / "run"
     kill_once(monkeypatch, checkpoints, "publish_best")  # epoch 1 always improves: the first publication dies
     with pytest.raises(Killed):
@@ -321,7 +342,9 @@ def test_best_keras_always_holds_the_epoch_state_json_names(tiny_dataset: Path, 
         assert on_disk == pytest.approx(recorded, abs=1e-6)
 
 
-def test_a_kill_before_the_last_epochs_history_is_written_is_mended_on_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_kill_before_the_last_epochs_history_is_written_is_mended_on_resume(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     run = tmp_path / "runs" / "run"
     kill_once(monkeypatch, checkpoints, "write_history", lambda run_dir, history, title: len(history) == 2)
     with pytest.raises(Killed):
@@ -339,7 +362,9 @@ def test_a_kill_before_the_last_epochs_history_is_written_is_mended_on_resume(ti
     assert columns[1:-2] == sorted(columns[1:-2]), "the same column order as an uninterrupted run"
 
 
-def test_an_image_deleted_before_a_resume_is_named_or_skipped_before_training(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_an_image_deleted_before_a_resume_is_named_or_skipped_before_training(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     run = interrupted_run(tiny_dataset, tmp_path / "runs", monkeypatch)
     with open(run / "split.csv") as handle:
         gone = next(row["path"] for row in csv.DictReader(handle) if row["subset"] == "train")
@@ -409,7 +434,9 @@ def test_a_new_run_that_fails_before_its_first_epoch_gives_its_name_back(tiny_da
     assert (search_files / "oracle.json").read_text() == "{}"
 
 
-def test_a_run_interrupted_in_its_first_epoch_keeps_its_folder_for_resume(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_run_interrupted_in_its_first_epoch_keeps_its_folder_for_resume(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     import keras
 
     def fit(self, *args, **kwargs):

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from inat_keras.cli.compare import main as compare_main
 from inat_keras.cli.finetune import main as finetune_main
 from inat_keras.cli.run import run_main
@@ -39,8 +39,22 @@ def history_of(run: Path) -> list[dict[str, str]]:
 def test_the_finetune_demo_writes_every_run_artifact(tmp_path: Path) -> None:
     env = {**os.environ, "INAT_KERAS_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [
-        sys.executable, str(REPO / "finetune.py"), "--demo", "--backbone", "mobilenetv2", "--weights", "none",
-        "--epochs", "2", "--out", str(tmp_path / "runs"), "--name", "demo", "--wandb", "off", "--quiet",
+        sys.executable,
+        str(REPO / "finetune.py"),
+        "--demo",
+        "--backbone",
+        "mobilenetv2",
+        "--weights",
+        "none",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "demo",
+        "--wandb",
+        "off",
+        "--quiet",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,7 +70,9 @@ def test_the_finetune_demo_writes_every_run_artifact(tmp_path: Path) -> None:
     assert [int(row["epoch"]) for row in history_of(run)] == [1, 2]
 
 
-def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     from inat_keras.training import checkpoints
     from inat_keras.training.checkpoints import EpochCheckpoint
     from inat_keras.training.loop import train_run
@@ -87,7 +103,9 @@ def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(
     assert [int(row["epoch"]) for row in history_of(result.run_dir)] == [1, 2, 3]
 
 
-def test_head_training_on_cached_features_writes_the_same_artifacts_and_a_full_image_model(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_head_training_on_cached_features_writes_the_same_artifacts_and_a_full_image_model(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     import keras
     import numpy as np
 
@@ -110,7 +128,9 @@ def test_head_training_on_cached_features_writes_the_same_artifacts_and_a_full_i
     assert result.metrics["trainable_params"] == head_params < result.metrics["num_params"]
 
 
-def test_bad_finetune_settings_are_one_line_errors_before_any_file_is_written(tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_bad_finetune_settings_are_one_line_errors_before_any_file_is_written(
+    tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     import urllib.error
 
     from keras.src.utils import file_utils
@@ -150,10 +170,18 @@ def test_compare_writes_a_table_and_chart_of_scratch_and_finetuned_runs_from_a_g
 
     runs = tmp_path / "runs"
     common = {"epochs_run": 10, "train_seconds": 120.5, "val_accuracy": 0.5}
-    fake_run(runs, "scratch-a", {"kind": "scratch", "model": {"num_blocks": 5}, "data": {"image_size": 224}},
-             {**common, "test_accuracy": 0.41, "trainable_params": 1_000, "num_params": 1_100})
-    fake_run(runs, "effnet", {"kind": "transfer", "model": {"backbone": "efficientnetv2s", "unfreeze": "all"}, "data": {"image_size": 384}},
-             {**common, "test_accuracy": 0.86, "trainable_params": 20_000_000, "num_params": 20_300_000})
+    fake_run(
+        runs,
+        "scratch-a",
+        {"kind": "scratch", "model": {"num_blocks": 5}, "data": {"image_size": 224}},
+        {**common, "test_accuracy": 0.41, "trainable_params": 1_000, "num_params": 1_100},
+    )
+    fake_run(
+        runs,
+        "effnet",
+        {"kind": "transfer", "model": {"backbone": "efficientnetv2s", "unfreeze": "all"}, "data": {"image_size": 384}},
+        {**common, "test_accuracy": 0.86, "trainable_params": 20_000_000, "num_params": 20_300_000},
+    )
     fake_run(runs, "unfinished", {"kind": "scratch"}, None)
 
     out = tmp_path / "cmp"

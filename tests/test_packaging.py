@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from conftest import REPO
 
 if sys.version_info >= (3, 11):
     import tomllib

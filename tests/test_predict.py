@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 from inat_keras.errors import UserError
+from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,11 @@ def mixed_inputs(scratch_run: Path, tmp_path: Path) -> dict[str, list[str]]:
     (photos / "page.jpg").write_text("<html>not found</html>")
     (photos / "empty.png").write_bytes(b"")
     (photos / "notes.txt").write_text("ignored: not an image name")
-    return {"inputs": [str(photos), str(tmp_path / "missing.jpg")], "good": sorted(map(str, good)),
-            "bad": [str(photos / "page.jpg"), str(photos / "empty.png"), str(tmp_path / "missing.jpg")]}
+    return {
+        "inputs": [str(photos), str(tmp_path / "missing.jpg")],
+        "good": sorted(map(str, good)),
+        "bad": [str(photos / "page.jpg"), str(photos / "empty.png"), str(tmp_path / "missing.jpg")],
+    }
 
 
 def direct_top(run: Path, path: str) -> list[tuple[str, float]]:
@@ -134,7 +137,9 @@ def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch
     for result in report["results"]:
         expected = direct_top(transfer_run, result["path"])[:3]
         assert [p["class"] for p in result["predictions"]] == [name for name, _ in expected]
-        np.testing.assert_allclose([p["probability"] for p in result["predictions"]], [p for _, p in expected], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            [p["probability"] for p in result["predictions"]], [p for _, p in expected], rtol=1e-4, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("name", ["demoo", "best.h5", "model.keras"])

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_dataset_root
 
+from conftest import REPO, make_dataset_root
 from inat_keras.cli.run import run_main
 from inat_keras.cli.search import search_command
 from inat_keras.cli.train_scratch import main as train_scratch_main
@@ -49,8 +49,24 @@ def search_args(tmp_path: Path, data: Path, tuner: str, *extra: str, space: dict
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps(space or TINY_SPACE))
     return [
-        "--data", str(data), "--tuner", tuner, "--epochs", "1", "--image-size", "32", "--search-space", str(space_file),
-        "--out", str(tmp_path / "runs"), "--name", "s", "--wandb", "off", "--quiet", *extra,
+        "--data",
+        str(data),
+        "--tuner",
+        tuner,
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--search-space",
+        str(space_file),
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "s",
+        "--wandb",
+        "off",
+        "--quiet",
+        *extra,
     ]
 
 
@@ -125,7 +141,11 @@ def test_hyperband_continues_a_promising_trial_from_its_checkpoint(tmp_path, sea
 
 
 def test_a_search_killed_mid_trial_continues_without_redoing_finished_trials(tmp_path, search_data) -> None:
-    command = [sys.executable, "train_scratch.py", *search_args(tmp_path, search_data, "random", "--max-trials", "3", "--no-retrain")]
+    command = [
+        sys.executable,
+        "train_scratch.py",
+        *search_args(tmp_path, search_data, "random", "--max-trials", "3", "--no-retrain"),
+    ]
     command[command.index("--epochs") + 1] = "2"
     search_dir = tmp_path / "runs" / "s" / "search"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -208,8 +228,16 @@ def test_flags_given_on_the_command_line_fix_their_hyperparameters() -> None:
 def test_trial_values_become_an_ordinary_run_config() -> None:
     base = RunConfig(name="s", model={"num_blocks": 5})
     values = {
-        "num_blocks": 3, "kernel_size_1": 5, "kernel_size_2": 3, "kernel_size_3": 3, "kernel_size_4": 5,
-        "dense_units": 256, "learning_rate": 0.003, "batch_size": 64, "augment": True, "tuner/epochs": 2,
+        "num_blocks": 3,
+        "kernel_size_1": 5,
+        "kernel_size_2": 3,
+        "kernel_size_3": 3,
+        "kernel_size_4": 5,
+        "dense_units": 256,
+        "learning_rate": 0.003,
+        "batch_size": 64,
+        "augment": True,
+        "tuner/epochs": 2,
     }
     config = trial_config(base, values)
     assert config.model == {"num_blocks": 3, "kernel_size": [5, 3, 3], "dense_units": [256]}
@@ -227,7 +255,9 @@ def test_each_trial_model_is_built_in_the_runs_precision_after_keras_tuner_clear
     from inat_keras.search.hypermodel import TrialModels
 
     base = RunConfig(
-        name="s", data=DataConfig(image_size=32), model={"num_blocks": 2, "first_filters": 4, "dense_units": [8]},
+        name="s",
+        data=DataConfig(image_size=32),
+        model={"num_blocks": 2, "first_filters": 4, "dense_units": [8]},
         train=TrainConfig(mixed_precision="on"),
     )
     split = types.SimpleNamespace(class_names=["a", "b", "c"], train=[None] * 8)
@@ -250,8 +280,12 @@ def test_continuing_a_search_with_other_settings_is_refused(tmp_path, search_dat
 
 
 def test_the_refusal_names_each_changed_setting_with_both_values(tmp_path) -> None:
-    record = {"tuner": "random", "executions_per_trial": 1, "space": {"activation": ["relu", "gelu"]},
-              "base": {"train": {"epochs": 2}, "data": {"seed": 42}}}
+    record = {
+        "tuner": "random",
+        "executions_per_trial": 1,
+        "space": {"activation": ["relu", "gelu"]},
+        "base": {"train": {"epochs": 2}, "data": {"seed": 42}},
+    }
     record_or_check(tmp_path, record)
     changed = {**record, "space": {"activation": ["gelu"]}, "base": {"train": {"epochs": 3}, "data": {"seed": 42}}}
     expected = "space.activation was ['relu', 'gelu'], now ['gelu']; train.epochs was 2, now 3"

@@ -40,7 +40,13 @@ def search_dir(tmp_path: Path) -> Path:
         learning_rate = 1e-4 * 10 ** (2 * i / 9)
         accuracy = 0.4 + 0.25 * (activation == "gelu") + 0.05 * math.log10(learning_rate / 1e-4) + 0.01 * (i % 3)
         values = {"activation": activation, "learning_rate": learning_rate, "batch_norm": i % 3 == 0, "num_blocks": 5}
-        metrics = {"val_accuracy": accuracy, "val_loss": 2 - accuracy, "trial_start": 1.8e9 + 60 * i, "trial_seconds": 30 + i, "epochs_run": 4}
+        metrics = {
+            "val_accuracy": accuracy,
+            "val_loss": 2 - accuracy,
+            "trial_start": 1.8e9 + 60 * i,
+            "trial_seconds": 30 + i,
+            "epochs_run": 4,
+        }
         save_trial(folder, f"{i:02d}", values, "COMPLETED", metrics)
     save_trial(folder, "10", {"activation": "relu", "learning_rate": 1e-3, "batch_norm": True, "num_blocks": 5}, "FAILED")
     save_trial(folder, "11", {"activation": "gelu", "learning_rate": 2e-3, "batch_norm": False, "num_blocks": 5}, "RUNNING")

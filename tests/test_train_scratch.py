@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from PIL import Image
 
+from conftest import REPO
 from inat_keras.cli.train_scratch import main as train_scratch_main
 from inat_keras.config import RunConfig
 
@@ -28,8 +28,22 @@ def run_cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
 
 def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: Path, tmp_path: Path) -> None:
     result = run_cli(
-        "--data", str(tiny_dataset), *TINY_MODEL, "--epochs", "2", "--out", str(tmp_path / "runs"),
-        "--name", "tiny", "--wandb", "offline", "--quiet", "--lr-schedule", "cosine", "--warmup-epochs", "1",
+        "--data",
+        str(tiny_dataset),
+        *TINY_MODEL,
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "tiny",
+        "--wandb",
+        "offline",
+        "--quiet",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-epochs",
+        "1",
         env_home=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -138,8 +152,12 @@ def test_an_existing_run_is_never_overwritten(tiny_dataset: Path, tmp_path: Path
         (["--filters", "8,0,8"], "--filters [8, 0, 8]: every value must be at least 1"),
     ],
 )
-def test_zero_sizes_are_one_line_errors_before_any_file_is_written(tiny_dataset: Path, tmp_path: Path, capsys, flags, message) -> None:
-    error = one_line_error(capsys, ["--data", str(tiny_dataset), *TINY_MODEL, *flags, "--out", str(tmp_path / "runs"), "--wandb", "off"])
+def test_zero_sizes_are_one_line_errors_before_any_file_is_written(
+    tiny_dataset: Path, tmp_path: Path, capsys, flags, message
+) -> None:
+    error = one_line_error(
+        capsys, ["--data", str(tiny_dataset), *TINY_MODEL, *flags, "--out", str(tmp_path / "runs"), "--wandb", "off"]
+    )
     assert message in error
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

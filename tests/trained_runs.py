@@ -59,7 +59,10 @@ def tiny_transfer_run(base: Path) -> Path:
         calibrate_batch_norm(model, split_test_images(scratch)[0])
         model.save(run_dir / "best.keras")
         config = RunConfig(
-            name="mobilenetv2", kind="transfer", out=str(base / "runs"), data=DataConfig(image_size=64),
+            name="mobilenetv2",
+            kind="transfer",
+            out=str(base / "runs"),
+            data=DataConfig(image_size=64),
             model={"backbone": "mobilenetv2", "weights": None},
         )
         write_json(run_dir / "config.json", {**config.to_dict(), "class_names": class_names})

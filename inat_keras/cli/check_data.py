@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("dir", metavar="DIR", help="dataset root with train/<class>/ and val/<class>/ (or class folders)")
     parser.add_argument("--json", metavar="FILE", help="also write the complete report as JSON")
-    parser.add_argument("--min-size", type=int, default=MIN_SIDE, help=f"smallest usable image side in pixels (default {MIN_SIDE})")
+    parser.add_argument(
+        "--min-size", type=int, default=MIN_SIDE, help=f"smallest usable image side in pixels (default {MIN_SIDE})"
+    )
     parser.add_argument("--workers", type=int, help="parallel decoders (default: one per CPU core)")
     parser.add_argument("--no-cache", action="store_true", help="decode every file again, ignoring cached verdicts")
     parser.add_argument("--all", action="store_true", help="list every file in the text report, not the first 20 per section")

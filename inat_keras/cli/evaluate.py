@@ -10,18 +10,14 @@ from inat_keras.cli.flags import add_model_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m inat_keras evaluate", description="Evaluate a trained model on test images."
-    )
+    parser = argparse.ArgumentParser(prog="python -m inat_keras evaluate", description="Evaluate a trained model on test images.")
     add_model_args(parser)
     parser.add_argument(
         "--data",
         metavar="DIR",
         help="test images: a dataset root (its val/<class>/) or a folder of class folders (default: the run's test split)",
     )
-    parser.add_argument(
-        "--tta", action="store_true", help="also report test-time augmentation (image and its mirror averaged)"
-    )
+    parser.add_argument("--tta", action="store_true", help="also report test-time augmentation (image and its mirror averaged)")
     parser.add_argument("--out", help="output folder (default: <run>/eval)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="seed of the prediction grid's choice of images")

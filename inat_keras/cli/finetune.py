@@ -10,7 +10,16 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from inat_keras.cli.flags import add_data_args, add_run_args, add_train_args, int_list, load_resume_config, pick, require_data, run_config_from_args
+from inat_keras.cli.flags import (
+    add_data_args,
+    add_run_args,
+    add_train_args,
+    int_list,
+    load_resume_config,
+    pick,
+    require_data,
+    run_config_from_args,
+)
 from inat_keras.cli.search import add_search_args, search_command
 from inat_keras.cli.train import train_and_report
 from inat_keras.config import TransferConfig, architecture
@@ -49,12 +58,30 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", choices=list(BACKBONES), help=f"ImageNet backbone (default {TransferConfig.backbone})")
     group.add_argument("--weights", help="'imagenet' (default, downloaded once by Keras), 'none', or a local no-top weights file")
     group.add_argument("--unfreeze", help="backbone layers to train, from the top: 0 (head only), K, or 'all' (default)")
-    group.add_argument("--two-phase", action=argparse.BooleanOptionalAction, default=None, help="train the head first, then unfreeze (default on)")
+    group.add_argument(
+        "--two-phase",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the head first, then unfreeze (default on)",
+    )
     group.add_argument("--head-epochs", type=int, help=f"epochs of the head-only phase (default {TransferConfig.head_epochs})")
-    group.add_argument("--finetune-lr-factor", type=float, help=f"learning rate of backbone training relative to --learning-rate (default {TransferConfig.finetune_lr_factor})")
-    group.add_argument("--head-dropout", dest="dropout", type=float, help=f"dropout before the classifier (default {TransferConfig.dropout})")
-    group.add_argument("--head-dense-units", dest="dense_units", type=int_list, help="optional dense layer(s) in the head, e.g. 512")
-    group.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=None, help="with --unfreeze 0 and no augmentation, run the backbone once (default on)")
+    group.add_argument(
+        "--finetune-lr-factor",
+        type=float,
+        help=f"learning rate of backbone training relative to --learning-rate (default {TransferConfig.finetune_lr_factor})",
+    )
+    group.add_argument(
+        "--head-dropout", dest="dropout", type=float, help=f"dropout before the classifier (default {TransferConfig.dropout})"
+    )
+    group.add_argument(
+        "--head-dense-units", dest="dense_units", type=int_list, help="optional dense layer(s) in the head, e.g. 512"
+    )
+    group.add_argument(
+        "--feature-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --unfreeze 0 and no augmentation, run the backbone once (default on)",
+    )
 
 
 def fill_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
@@ -81,8 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="finetune.py",
         description="Fine-tune an ImageNet backbone (keras.applications) on a folder-per-class dataset.",
-        epilog="Defaults for a flag left out: " + describe(FINETUNE_DEFAULTS)
-        + "; --image-size: the backbone's native size. With --demo: " + describe(DEMO_DEFAULTS) + ".",
+        epilog="Defaults for a flag left out: "
+        + describe(FINETUNE_DEFAULTS)
+        + "; --image-size: the backbone's native size. With --demo: "
+        + describe(DEMO_DEFAULTS)
+        + ".",
     )
     add_run_args(parser)
     add_data_args(parser)
@@ -105,6 +135,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.image_size = backbone.input_size  # the resolution its ImageNet weights were trained at
         config = run_config_from_args(args, kind="transfer", model=transfer_settings(args), demo_defaults={})
     if args.tuner:
-
         return search_command(args, config, pinned)
     return train_and_report(config, args)

@@ -37,6 +37,7 @@ def add_model_args(parser) -> None:
         "--classes", type=parse_classes, help="class names for a .keras file without config.json: a,b,c or a file"
     )
 
+
 REAL_DATA_HINT = (
     "get the real iNaturalist-12K data with `python -m inat_keras download --dest data`, "
     "then train with --data data/inaturalist_12K"
@@ -66,13 +67,16 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--image-size", type=int,
+        "--image-size",
+        type=int,
         help=f"square input side in pixels (default {DataConfig.image_size}; finetune.py: the backbone's native size)",
     )
     group.add_argument("--val-split", type=float, help="fraction of train/ held out for validation (default 0.2)")
     group.add_argument("--seed", type=int, help="seed of the split, the shuffling and the initial weights (default 42)")
     group.add_argument("--batch-size", type=int)
-    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop, flip, rotation, colour jitter")
+    group.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop, flip, rotation, colour jitter"
+    )
     group.add_argument(
         "--augment-placement",
         choices=AUGMENT_PLACEMENTS,
@@ -92,9 +96,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES)
     group.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine decay")
-    group.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val accuracy")
+    group.add_argument(
+        "--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val accuracy"
+    )
     group.add_argument("--mixed-precision", choices=SWITCHES, help="auto: on with a GPU, off on a CPU")
-    group.add_argument("--jit-compile", choices=SWITCHES, help="XLA; auto: on with a GPU (off for a model holding layers XLA cannot compile)")
+    group.add_argument(
+        "--jit-compile", choices=SWITCHES, help="XLA; auto: on with a GPU (off for a model holding layers XLA cannot compile)"
+    )
     group.add_argument(
         "--distribute", choices=DISTRIBUTE_MODES, help="none (default), mirrored: all local GPUs, multiworker: TF_CONFIG"
     )
@@ -165,7 +173,6 @@ def load_resume_config(args: argparse.Namespace, parser: argparse.ArgumentParser
     them), so a flag that would change them must not be silently ignored.
     """
 
-
     given = [dest for dest, value in vars(args).items() if value != parser.get_default(dest)]
     ignored = [dest for dest in given if dest not in RESUME_OVERRIDES + RESUME_PASSTHROUGH]
     if ignored and not getattr(args, "tuner", None):  # a search refuses --resume itself, more helpfully
@@ -195,7 +202,9 @@ def require_data(args: argparse.Namespace, doing: str) -> None:
         raise UserError(f"no dataset given: pass --data DIR, or --demo for the embedded digits; {REAL_DATA_HINT}")
     if args.demo and args.data:
         # --demo also brings the digits' settings (32 px, ...), which would silently shrink a real dataset.
-        raise UserError(f"--demo and --data {args.data}: pass one; --demo trains on the embedded digits with settings made for them")
+        raise UserError(
+            f"--demo and --data {args.data}: pass one; --demo trains on the embedded digits with settings made for them"
+        )
     if args.demo:
         print(f"Demo: {doing} on scikit-learn's 1,797 handwritten digits, written as PNG files (not iNaturalist).")
 

@@ -16,7 +16,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tuner", choices=TUNERS, help="search hyperparameters instead of training one configuration")
     group.add_argument("--max-trials", type=int, default=20, help="trials to run (default 20); caps hyperband too")
     group.add_argument("--executions-per-trial", type=int, default=1, help="trainings averaged per trial (default 1)")
-    group.add_argument("--search-space", metavar="FILE", help="JSON or YAML overriding entries of the default space (null removes one)")
+    group.add_argument(
+        "--search-space", metavar="FILE", help="JSON or YAML overriding entries of the default space (null removes one)"
+    )
     group.add_argument("--no-retrain", dest="retrain", action="store_false", help="do not retrain the best configuration")
 
 

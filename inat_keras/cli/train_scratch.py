@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from inat_keras.cli.flags import add_cnn_args, add_data_args, add_run_args, add_train_args, load_resume_config, pick, require_data, run_config_from_args
+from inat_keras.cli.flags import (
+    add_cnn_args,
+    add_data_args,
+    add_run_args,
+    add_train_args,
+    load_resume_config,
+    pick,
+    require_data,
+    run_config_from_args,
+)
 from inat_keras.cli.search import add_search_args, search_command
 from inat_keras.cli.train import train_and_report
 from inat_keras.config import CNNConfig

@@ -261,8 +261,6 @@ def inspect_all(
     return verdicts, len(todo)
 
 
-
-
 def check_dataset(
     root: str | os.PathLike,
     *,

@@ -33,9 +33,7 @@ def write_digits_dataset(dest: str | os.PathLike) -> Path:
     # Pixel values are 0..16 ink counts; stretch them to the 0..255 of an ordinary image.
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     indices = np.arange(len(images))
-    train_idx, test_idx = train_test_split(
-        indices, test_size=DEMO_TEST_FRACTION, stratify=digits.target, random_state=DEMO_SEED
-    )
+    train_idx, test_idx = train_test_split(indices, test_size=DEMO_TEST_FRACTION, stratify=digits.target, random_state=DEMO_SEED)
     dest = Path(dest)
     for subset, subset_idx in (("train", train_idx), ("val", test_idx)):
         for i in sorted(subset_idx):

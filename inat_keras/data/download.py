@@ -36,7 +36,11 @@ class Progress:
         if self.enabled and (now - self.last > 0.25 or self.done == self.total):
             self.last = now
             rate = (self.done - self.start_done) / max(now - self.start, 1e-6) / 1e6
-            share = f"{100 * self.done / self.total:5.1f}% of {self.total / 1e9:.2f} GB" if self.total else f"{self.done / 1e6:.1f} MB"
+            share = (
+                f"{100 * self.done / self.total:5.1f}% of {self.total / 1e9:.2f} GB"
+                if self.total
+                else f"{self.done / 1e6:.1f} MB"
+            )
             print(f"\rdownloading {share}  {rate:.1f} MB/s ", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -55,7 +59,9 @@ def fetch(url: str, target: Path, *, progress: bool = True, timeout: float = 60.
         if error.code == 416 and have:  # nothing left to fetch: the part file is complete
             part.replace(target)
             return target
-        raise UserError(f"download of {url} failed (HTTP {error.code}): check --url, or pass a local copy with --archive FILE") from None
+        raise UserError(
+            f"download of {url} failed (HTTP {error.code}): check --url, or pass a local copy with --archive FILE"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise UserError(
@@ -102,7 +108,9 @@ def check_archive(archive: Path, fix: str = "delete it and download again") -> N
 def extract(archive: Path, dest: Path, *, downloaded: bool = True) -> Path:
     """Extract into ``dest`` through a staging folder; returns the dataset root."""
     # Deleting a file the user handed over is no advice; re-downloading our own copy is.
-    check_archive(archive, "delete it and download again" if downloaded else "give the path of the iNaturalist-12K zip, nature_12K.zip")
+    check_archive(
+        archive, "delete it and download again" if downloaded else "give the path of the iNaturalist-12K zip, nature_12K.zip"
+    )
     staging = dest / f".extracting-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(archive) as bundle:

@@ -76,9 +76,7 @@ def discover_dataset(
                 if root.name in ("train", "val") and (parent / "train").is_dir() and (parent / "val").is_dir()
                 else ""
             )
-            raise UserError(
-                f"{root / subset} is missing: the data directory needs train/<class>/ and val/<class>/ folders{hint}"
-            )
+            raise UserError(f"{root / subset} is missing: the data directory needs train/<class>/ and val/<class>/ folders{hint}")
     subsets = {}
     for subset in ("train", "val"):
         folder = root / subset
@@ -128,9 +126,7 @@ def stratified_split(
     num_val = max(int(round(len(files) * val_fraction)), len(counts))
     if len(files) - num_val < len(counts):
         raise UserError(f"--val-split {val_fraction} leaves too few training images: lower it or add images")
-    train_idx, val_idx = train_test_split(
-        np.arange(len(files)), test_size=num_val, stratify=files.labels, random_state=seed
-    )
+    train_idx, val_idx = train_test_split(np.arange(len(files)), test_size=num_val, stratify=files.labels, random_state=seed)
     pick = lambda idx: LabelledFiles([files.paths[i] for i in sorted(idx)], [files.labels[i] for i in sorted(idx)])
     return pick(train_idx), pick(val_idx)
 

@@ -135,7 +135,11 @@ def format_report(report: DataReport, *, limit: int | None = 20) -> str:
     root = Path(report.root)
     rel = lambda path: os.path.relpath(path, root)
     shown = lambda items: items if limit is None else items[:limit]
-    more = lambda items: [f"  ... and {len(items) - limit} more (all of them are in the --json report)"] if limit is not None and len(items) > limit else []
+    more = lambda items: (
+        [f"  ... and {len(items) - limit} more (all of them are in the --json report)"]
+        if limit is not None and len(items) > limit
+        else []
+    )
     s = report.summary
     lines = [f"data check of {root}: {s['images']} images in {s['classes']} classes"]
 
@@ -144,10 +148,14 @@ def format_report(report: DataReport, *, limit: int | None = 20) -> str:
     width = max([len("class")] + [len(label) for label in classes])
     lines += ["", "usable images per class:", "  " + "class".ljust(width) + "".join(f"{split:>8}" for split in splits)]
     for label in classes:
-        lines.append("  " + label.ljust(width) + "".join(f"{report.images_per_class[split].get(label, 0):>8}" for split in splits))
+        lines.append(
+            "  " + label.ljust(width) + "".join(f"{report.images_per_class[split].get(label, 0):>8}" for split in splits)
+        )
     for split, info in report.imbalance.items():
         ratio = "a class has no usable image" if info["ratio"] is None else f"{info['ratio']:.2f}"
-        lines.append(f"class imbalance in {split} (largest / smallest): {ratio} ({info['largest'][0]} {info['largest'][1]}, {info['smallest'][0]} {info['smallest'][1]})")
+        lines.append(
+            f"class imbalance in {split} (largest / smallest): {ratio} ({info['largest'][0]} {info['largest'][1]}, {info['smallest'][0]} {info['smallest'][1]})"
+        )
     if report.formats:
         lines.append("formats: " + ", ".join(f"{name or '?'} {count}" for name, count in report.formats.items()))
 
@@ -190,7 +198,6 @@ def write_report(report: DataReport, folder: Path, stem: str) -> Path:
     write_text(text, format_report(report, limit=None) + "\n")
     write_json(folder / f"{stem}.json", report.to_dict())
     return text
-
 
 
 def final_status(inspection: Inspection, min_side: int) -> tuple[str, str]:

@@ -18,8 +18,17 @@ from inat_keras.runs import CONFIG_FILE, METRICS_FILE
 from inat_keras.storage import read_json, write_csv, write_text
 
 COLUMNS = (
-    "run", "kind", "model", "training", "image_size", "test_accuracy", "val_accuracy",
-    "trainable_params", "num_params", "epochs_run", "train_seconds",
+    "run",
+    "kind",
+    "model",
+    "training",
+    "image_size",
+    "test_accuracy",
+    "val_accuracy",
+    "trainable_params",
+    "num_params",
+    "epochs_run",
+    "train_seconds",
 )
 
 
@@ -89,7 +98,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     """Four bar panels: accuracies, parameters (log scale), epochs, training time."""
     import numpy as np
-
 
     plt = pyplot()
     names = [row["run"] for row in rows]

@@ -63,9 +63,7 @@ def folder_test_files(root: str | os.PathLike, class_names: Sequence[str]) -> La
     root = Path(root)
     folder = root / "val" if (root / "val").is_dir() else root
     if not folder.is_dir():
-        raise UserError(
-            f"--data {root} is not a directory: give a dataset root with val/<class>/, or a folder of class folders"
-        )
+        raise UserError(f"--data {root} is not a directory: give a dataset root with val/<class>/, or a folder of class folders")
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -143,7 +141,7 @@ def compute_metrics(predictions: Predictions, class_names: Sequence[str]) -> dic
     rename = {"f1-score": "f1"}
     per_class = {name: {rename.get(k, k): v for k, v in report[name].items()} for name in class_names}
     metrics: dict[str, Any] = {
-        "num_images": int(len(labels)),
+        "num_images": len(labels),
         **summary_scores(labels, predictions.probabilities),
         "per_class": per_class,
         "macro_avg": {rename.get(k, k): v for k, v in report["macro avg"].items()},
@@ -183,7 +181,6 @@ def mistake_rows(predictions: Predictions, class_names: Sequence[str]) -> list[l
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str) -> None:
     """Counts and row-normalised (recall per true class) side by side."""
     from sklearn.metrics import ConfusionMatrixDisplay
-
 
     plt = pyplot()
     side = max(5.0, 0.6 * len(class_names) + 2.5)
@@ -278,9 +275,7 @@ def evaluate(
     chosen = grid_choice(predictions, len(names), GRID_PER_CLASS, seed)
     grid_title = f"{name}: {GRID_PER_CLASS} test images per class (green frame = right, red = wrong)"
     records = plot_prediction_grid(predictions, names, chosen, out_dir / "prediction_grid.png", grid_title)
-    write_csv(
-        out_dir / "prediction_grid.csv", ("row", "column", "path", "true_class", "predicted_class", "confidence"), records
-    )
+    write_csv(out_dir / "prediction_grid.csv", ("row", "column", "path", "true_class", "predicted_class", "confidence"), records)
     return metrics
 
 

@@ -49,7 +49,6 @@ def last_conv_layer_name(trained: TrainedModel, model) -> str:
 
     config = trained.config
     if config is not None and config.kind == "transfer":
-
         name = get_backbone(config.model.get("backbone", "")).last_conv_layer
         if name not in {layer.name for layer in model.layers}:
             raise UserError(f"{trained.model_path} has no layer {name!r}, the registry's last conv layer of its backbone")
@@ -202,9 +201,7 @@ def class_activation_maps(model, image: np.ndarray, layer_name: str, class_index
     for name, method in (("Grad-CAM", Gradcam), ("Grad-CAM++", GradcamPlusPlus)):
         explainer = method(model, model_modifier=ReplaceToLinear(), clone=True)
         # The named layer itself (a backbone's last activation is not a Conv layer tf-keras-vis would seek).
-        cam = explainer(
-            CategoricalScore([class_index]), seed, penultimate_layer=layer_name, seek_penultimate_conv_layer=False
-        )
+        cam = explainer(CategoricalScore([class_index]), seed, penultimate_layer=layer_name, seek_penultimate_conv_layer=False)
         maps[name] = np.asarray(cam)[0]
     return maps
 

@@ -88,9 +88,7 @@ def plot_guided_backprop(image: np.ndarray, result: dict[str, Any], path: Path, 
     columns = min(6, count + 1)
     rows = math.ceil((count + 1) / columns)
     plt = pyplot()
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(2.4 * columns, 2.6 * rows + 0.8), squeeze=False, layout="constrained"
-    )
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows + 0.8), squeeze=False, layout="constrained")
     for axis in axes.flat:
         axis.axis("off")
     axes.flat[0].imshow(image)

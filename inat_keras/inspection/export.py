@@ -180,7 +180,7 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
         "path": str(path),
         "bytes": size_of(path),
         "max_abs_difference": difference,
-        "checked_images": int(len(images)),
+        "checked_images": len(images),
         "same_top1": bool((actual.argmax(axis=1) == expected.argmax(axis=1)).all()),
         "class_names": trained.class_names,
         "input": f"float32 [batch, {trained.image_size}, {trained.image_size}, 3], raw 0-255 RGB",

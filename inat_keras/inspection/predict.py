@@ -41,8 +41,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]
                 os.path.join(dirpath, name)
                 for dirpath, dirnames, names in os.walk(path)
                 for name in names
-                if is_image_name(Path(name))
-                and not any(part.startswith(".") for part in Path(dirpath).relative_to(path).parts)
+                if is_image_name(Path(name)) and not any(part.startswith(".") for part in Path(dirpath).relative_to(path).parts)
             )
             if not found:
                 failures.append({"path": item, "error": "folder holds no image files"})

@@ -42,8 +42,6 @@ class TrainedModel:
         return self.run_dir or self.model_path.parent
 
 
-
-
 def locate_model(source: str | os.PathLike) -> tuple[Path, Path | None]:
     """(model file, run directory or None) for a run directory or a ``.keras`` file."""
     path = Path(source)
@@ -84,8 +82,7 @@ def load_trained(source: str | os.PathLike, classes: Sequence[str] | None = None
     outputs = int(model.output_shape[-1])
     if outputs != len(class_names):
         raise UserError(
-            f"{model_path} has {outputs} outputs but {len(class_names)} class names were given: "
-            "pass one class name per output"
+            f"{model_path} has {outputs} outputs but {len(class_names)} class names were given: pass one class name per output"
         )
     return TrainedModel(model, class_names, model_path, run_dir, config)
 

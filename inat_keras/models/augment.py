@@ -98,7 +98,13 @@ class RandomAffine(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "zoom_in": self.zoom_in, "shift": self.shift, "rotation": self.rotation, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "zoom_in": self.zoom_in,
+            "shift": self.shift,
+            "rotation": self.rotation,
+            "seed": self.seed,
+        }
 
 
 def load_model(path: str | os.PathLike, **kwargs):
@@ -121,7 +127,6 @@ def augmentation_layers(seed: int | None = None) -> list:
     """
     import keras
 
-
     # float32 whatever the mixed-precision policy: float16 arithmetic on a CPU is emulated (slower) and
     # rounds 0-255 pixel values.
     f32 = {"seed": seed, "dtype": "float32"}
@@ -129,8 +134,12 @@ def augmentation_layers(seed: int | None = None) -> list:
         RandomAffine(zoom_in=0.4, shift=0.1, rotation=0.04, name=f"{AUGMENT_PREFIX}affine", **f32),
         keras.layers.RandomFlip("horizontal", name=f"{AUGMENT_PREFIX}flip", **f32),
         keras.layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2, saturation_factor=0.2,
-            name=f"{AUGMENT_PREFIX}colour", **f32,
+            value_range=(0, 255),
+            brightness_factor=0.2,
+            contrast_factor=0.2,
+            saturation_factor=0.2,
+            name=f"{AUGMENT_PREFIX}colour",
+            **f32,
         ),
     ]
 
@@ -147,7 +156,7 @@ def make_augmentation(seed: int | None = None):
 
 
 def resolve_augment_placement(placement: str) -> str:
-    """"pipeline" or "model"; "auto" puts augmentation in the model when a GPU is present.
+    """ "pipeline" or "model"; "auto" puts augmentation in the model when a GPU is present.
 
     On a GPU the warps and colour jitter take microseconds, while the CPU's tf.data map would
     starve it (a few hundred images/s per core); on a CPU both share the same cores, and the

@@ -60,7 +60,13 @@ BACKBONES: dict[str, Backbone] = {
         Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32, "inside", "top_activation"),
         # Keras's EfficientNetV2-S weights were trained and evaluated at 384 px.
         Backbone(
-            "efficientnetv2s", "efficientnet_v2", "EfficientNetV2S", 384, 32, "inside", "top_activation",
+            "efficientnetv2s",
+            "efficientnet_v2",
+            "EfficientNetV2S",
+            384,
+            32,
+            "inside",
+            "top_activation",
             (("include_preprocessing", True),),
         ),
     )

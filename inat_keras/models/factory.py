@@ -51,8 +51,6 @@ def model_counts(config: RunConfig, model, num_classes: int) -> dict[str, int]:
     return {"num_params": int(model.count_params()), "macs": layer_macs(model), "trainable_params": trainable}
 
 
-
-
 def build_transfer_from_config(config: RunConfig, num_classes: int, augmentation: Sequence[Any] | None = None):
     """The model of a ``transfer`` run, trainable as its final (or only) phase asks."""
     model_config = transfer_config(config, num_classes)

@@ -18,7 +18,18 @@ from typing import Any
 from inat_keras.config import RunConfig, TransferConfig, for_data
 from inat_keras.errors import UserError
 from inat_keras.models.augment import is_augmentation_layer
-from inat_keras.models.backbones import FEATURES_NAME, HEAD_PREFIX, INPUT_NAME, PREDICTIONS_NAME, PREPROCESS_NAME, build_backbone_on, get_backbone, parse_unfreeze, preprocess, resolve_weights
+from inat_keras.models.backbones import (
+    FEATURES_NAME,
+    HEAD_PREFIX,
+    INPUT_NAME,
+    PREDICTIONS_NAME,
+    PREPROCESS_NAME,
+    build_backbone_on,
+    get_backbone,
+    parse_unfreeze,
+    preprocess,
+    resolve_weights,
+)
 from inat_keras.models.cnn import apply_layers
 
 
@@ -42,7 +53,6 @@ def build_transfer(
     (``data.augmentation_layers``) go first and change images in training only.
     """
     import keras
-
 
     spec = get_backbone(backbone)
     size = input_size or spec.input_size
@@ -76,8 +86,6 @@ def check_head(num_classes: int, dropout: float, dense_units) -> None:
 
 
 # -- freezing -------------------------------------------------------------------------------
-
-
 
 
 def is_own_layer(layer) -> bool:

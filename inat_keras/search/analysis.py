@@ -50,30 +50,10 @@ class Analysis:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
 # -- tables ------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 # -- importance ----------------------------------------------------------------------------------------
-
-
-
-
 
 
 # -- summary ------------------------------------------------------------------------------------------------
@@ -102,7 +82,9 @@ def finding(name: str, trials: list[TrialRecord], row: dict[str, Any] | None) ->
     rho = float("nan") if row is None else row["correlation"]
     top = done[: max(1, math.ceil(len(done) / 3))]
     top_values = sorted(float(t.values[name]) for t in top if name in t.values)
-    where = f"the best third of the trials used {number(top_values[0])}" + (f" to {number(top_values[-1])}" if top_values[-1] != top_values[0] else "")
+    where = f"the best third of the trials used {number(top_values[0])}" + (
+        f" to {number(top_values[-1])}" if top_values[-1] != top_values[0] else ""
+    )
     if not math.isfinite(rho):
         trend = "no trend could be measured"
     elif abs(rho) < CLEAR_TREND:
@@ -134,7 +116,12 @@ def summary_text(title: str, trials: list[TrialRecord], names: list[str], rows: 
     ]
     for t in done[:5]:
         loss = t.metrics.get("val_loss")
-        cells = [t.trial_id, f"{t.accuracy:.4f}", "" if loss is None else f"{loss:.4f}", *(number(t.values.get(n, "")) for n in names)]
+        cells = [
+            t.trial_id,
+            f"{t.accuracy:.4f}",
+            "" if loss is None else f"{loss:.4f}",
+            *(number(t.values.get(n, "")) for n in names),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## What goes with high accuracy", ""]
     if not names:
@@ -147,7 +134,10 @@ def summary_text(title: str, trials: list[TrialRecord], names: list[str], rows: 
     order = sorted(names, key=lambda n: -(by_parameter.get(n, {}).get("importance") or 0))
     lines += [f"- {finding(name, trials, by_parameter.get(name))}" for name in order]
     if len(done) < FEW_TRIALS:
-        lines += ["", f"With {len(done)} completed trial{'s' * (len(done) != 1)} these are hints, not conclusions: run more trials to confirm them."]
+        lines += [
+            "",
+            f"With {len(done)} completed trial{'s' * (len(done) != 1)} these are hints, not conclusions: run more trials to confirm them.",
+        ]
     return "\n".join([*lines, ""])
 
 

@@ -54,14 +54,15 @@ def axis_positions(name: str, values: list[Any], categorical: bool, log: bool) -
 def plot_parallel_coordinates(trials: list[TrialRecord], names: list[str], space: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
-
     plt = pyplot()
     done = ranked(trials)[::-1]  # the best drawn last, on top
     axes_names = [*names, OBJECTIVE]
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(axes_names)), 5))
     if done:
         accuracy = [t.accuracy for t in done]
-        norm = matplotlib.colors.Normalize(min(accuracy), max(accuracy) if max(accuracy) > min(accuracy) else min(accuracy) + 1e-9)
+        norm = matplotlib.colors.Normalize(
+            min(accuracy), max(accuracy) if max(accuracy) > min(accuracy) else min(accuracy) + 1e-9
+        )
         cmap = matplotlib.colormaps["viridis"]
         columns = []
         for x, name in enumerate(axes_names):

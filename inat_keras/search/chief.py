@@ -15,7 +15,7 @@ from inat_keras.errors import UserError
 
 
 def tuner_role(environ: dict[str, str] | os._Environ = os.environ) -> str:
-    """"single", or KerasTuner's "chief" (serves the oracle) or "worker" (runs trials), from its variables."""
+    """ "single", or KerasTuner's "chief" (serves the oracle) or "worker" (runs trials), from its variables."""
     if "KERASTUNER_ORACLE_IP" not in environ:
         return "single"
     missing = [name for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not environ.get(name)]

@@ -53,9 +53,16 @@ class TrialModels(kt.HyperModel):
         train, validation = self.datasets(config)
         budget = epochs or config.train.epochs
         if config.kind == "transfer":
-            fit_transfer_trial(model, config, {"train": train, "validation": validation}, callbacks,
-                               budget=budget, initial_epoch=initial_epoch, verbose=verbose,
-                               steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
+            fit_transfer_trial(
+                model,
+                config,
+                {"train": train, "validation": validation},
+                callbacks,
+                budget=budget,
+                initial_epoch=initial_epoch,
+                verbose=verbose,
+                steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size),
+            )
         else:
             model.fit(
                 train,
@@ -95,16 +102,32 @@ class TrialModels(kt.HyperModel):
         )
 
 
-
-def fit_transfer_trial(model, config: RunConfig, datasets: dict[str, Any], callbacks: list, *,
-                       budget: int, initial_epoch: int, verbose, steps_per_epoch: int) -> None:
+def fit_transfer_trial(
+    model,
+    config: RunConfig,
+    datasets: dict[str, Any],
+    callbacks: list,
+    *,
+    budget: int,
+    initial_epoch: int,
+    verbose,
+    steps_per_epoch: int,
+) -> None:
     """A fine-tuning trial through the run's phases (head, then unfreezing), stopped at the trial's epoch budget."""
     # Always on full images: KerasTuner saves the model that fit trains, which on cached features is the head alone.
     config.model["feature_cache"] = False
     state: dict[str, Any] = {"epochs_done": initial_epoch, "stopped": None}
 
-    fit_transfer(model, config, datasets, state, [*callbacks, EpochBudget(state, budget)], steps_per_epoch=steps_per_epoch,
-                 verbose=verbose, log=lambda message: None)
+    fit_transfer(
+        model,
+        config,
+        datasets,
+        state,
+        [*callbacks, EpochBudget(state, budget)],
+        steps_per_epoch=steps_per_epoch,
+        verbose=verbose,
+        log=lambda message: None,
+    )
 
 
 class EpochBudget(keras.callbacks.Callback):

@@ -85,9 +85,7 @@ def record_or_check(search_dir: Path, record: dict[str, Any]) -> None:
     if path.exists():
         previous = read_json(path)
         changed = [
-            change
-            for key in COMPARED_SETTINGS
-            for change in changed_settings(previous.get(key, "unset"), record[key], key)
+            change for key in COMPARED_SETTINGS for change in changed_settings(previous.get(key, "unset"), record[key], key)
         ]
         # The base run's settings read as their flags' sections (data, model, train), without "base.".
         changed += changed_settings(

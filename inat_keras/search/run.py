@@ -49,7 +49,6 @@ def run_search(
     """Search (or continue searching), analyse the trials, and retrain the best configuration."""
     import keras
 
-
     settings.validate()
     base.train.validate()
     base.data.validate()
@@ -90,7 +89,6 @@ def run_search(
     if role == "worker":
         return result
 
-
     analysis = write_analysis(search_dir)
     result.best = analysis.best
     result.messages.append(analysis.headline)
@@ -130,7 +128,6 @@ def set_aside_other_retrain(run_dir: Path, search_dir: Path, best_id: str, log: 
 def check_space_fits(base: RunConfig, space: dict[str, Any], num_classes: int) -> None:
     """Refuse, before any trial, a space that cannot be built: too deep for the images, a bad backbone."""
     if base.kind == "transfer":
-
         backbones = space.get("backbone", [base.model.get("backbone")])
         for backbone in backbones if isinstance(backbones, list) else [backbones]:
             config = trial_config(base, {"backbone": backbone} if backbone else {})

@@ -172,7 +172,9 @@ def normalise_entry(name: str, entry: Any, parameter: Parameter, source: str) ->
             raise UserError(f"{where}: a {{min, max}} range needs a numeric hyperparameter; give a list of values")
         unknown = sorted(set(entry) - {"min", "max", "log", "step"})
         if unknown or not {"min", "max"} <= set(entry):
-            raise UserError(f"{where}: a range is {{\"min\": ..., \"max\": ..., \"log\": true|false, \"step\": ...}}; got keys {sorted(entry)}")
+            raise UserError(
+                f'{where}: a range is {{"min": ..., "max": ..., "log": true|false, "step": ...}}; got keys {sorted(entry)}'
+            )
         low, high = coerce(entry["min"], parameter, where), coerce(entry["max"], parameter, where)
         if not low < high:
             raise UserError(f"{where}: min {low} must be below max {high}")
@@ -202,7 +204,9 @@ def load_space_file(path: str | os.PathLike) -> dict[str, Any]:
 
             raw = json.loads(text)
     except Exception as error:  # JSONDecodeError or yaml.YAMLError: both say where
-        raise UserError(f"--search-space {path}: not valid {path.suffix[1:].upper() or 'JSON'} ({error})".replace("\n", " ")) from None
+        raise UserError(
+            f"--search-space {path}: not valid {path.suffix[1:].upper() or 'JSON'} ({error})".replace("\n", " ")
+        ) from None
     if not isinstance(raw, dict):
         raise UserError(f"--search-space {path}: expected a mapping of hyperparameter names to values")
     return raw
@@ -224,7 +228,6 @@ def resolve_space(kind: str, space_file: str | None = None, pinned: set[str] | f
     if "kernel_size_per_block" in space:
         space.pop("kernel_size", None)  # one size per block replaces the single size
     if kind == "transfer" and "backbone" in space:
-
         parameters = {**parameters, "backbone": dataclasses.replace(parameters["backbone"], check=one_of(tuple(BACKBONES)))}
     return {name: normalise_entry(name, entry, parameters[name], source) for name, entry in space.items()}
 
@@ -291,5 +294,3 @@ def pinned_by_flags(args: argparse.Namespace, kind: str) -> set[str]:
         if flag in given:
             pinned.update(names)
     return pinned
-
-

@@ -94,8 +94,11 @@ def make_tuner(base: RunConfig, settings: SearchSettings, hypermodel: TrialModel
     if settings.tuner == "hyperband":
         # KerasTuner's Hyperband has no trial budget: allow as many iterations as trials and let max_trials end it.
         oracle = oracle_class(
-            objective=objective, max_epochs=base.train.epochs, factor=HYPERBAND_FACTOR,
-            hyperband_iterations=settings.max_trials, seed=base.data.seed,
+            objective=objective,
+            max_epochs=base.train.epochs,
+            factor=HYPERBAND_FACTOR,
+            hyperband_iterations=settings.max_trials,
+            seed=base.data.seed,
         )
         oracle.max_trials = settings.max_trials
     else:

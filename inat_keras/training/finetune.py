@@ -104,11 +104,8 @@ def fit_transfer(
                 f"phase {phase.name}: epochs {phase.first_epoch + 1}-{phase.last_epoch}, "
                 f"{count_trainable(model):,} trainable parameters, learning rate {phase.learning_rate * scale:g}"
             )
-        fit_kwargs = dict(
-            epochs=phase.last_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=verbose
-        )
+        fit_kwargs = dict(epochs=phase.last_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=verbose)
         if cached:
-
             fit_head_on_features(model, config, datasets, fit_kwargs, log=log)
         else:
             # The tf.data pipeline shuffles; Keras would only warn.
@@ -120,9 +117,7 @@ def validate_transfer(config: RunConfig, num_classes: int) -> None:
     model = transfer_config(config, num_classes)
     spec = get_backbone(model.backbone)
     if model.input_size < spec.min_size:
-        raise UserError(
-            f"--image-size {model.input_size} is too small for {spec.name}: use --image-size {spec.min_size} or more"
-        )
+        raise UserError(f"--image-size {model.input_size} is too small for {spec.name}: use --image-size {spec.min_size} or more")
     check_head(num_classes, model.dropout, model.dense_units)
     if not 0 < model.finetune_lr_factor <= 1:
         raise UserError(f"--finetune-lr-factor {model.finetune_lr_factor}: must be in (0, 1], e.g. 0.05")

@@ -21,11 +21,43 @@ from inat_keras.devices import configure_devices
 from inat_keras.errors import UserError
 from inat_keras.models.augment import load_model, resolve_augment_placement
 from inat_keras.models.factory import build_model, cnn_config, complete_model_settings, model_counts
-from inat_keras.runs import BEST_MODEL, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, STATE_FILE, prepare_run_dir, read_run_json, run_dir_of
+from inat_keras.runs import (
+    BEST_MODEL,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    prepare_run_dir,
+    read_run_json,
+    run_dir_of,
+)
 from inat_keras.storage import read_json, write_json
-from inat_keras.training.checkpoints import EpochCheckpoint, finish_best_commit, load_checkpoint, load_state, new_state, remove_temporaries, write_history
-from inat_keras.training.distribute import Distribution, adapt_model_to_multiworker, config_for_worker, describe_scaling, distribution_report, make_distribution, scaled_learning_rate, shard_by_data
-from inat_keras.training.faults import Interrupted, failed_writes_as_user_errors, is_out_of_memory, out_of_memory_message, released_if_unstarted
+from inat_keras.training.checkpoints import (
+    EpochCheckpoint,
+    finish_best_commit,
+    load_checkpoint,
+    load_state,
+    new_state,
+    remove_temporaries,
+    write_history,
+)
+from inat_keras.training.distribute import (
+    Distribution,
+    adapt_model_to_multiworker,
+    config_for_worker,
+    describe_scaling,
+    distribution_report,
+    make_distribution,
+    scaled_learning_rate,
+    shard_by_data,
+)
+from inat_keras.training.faults import (
+    Interrupted,
+    failed_writes_as_user_errors,
+    is_out_of_memory,
+    out_of_memory_message,
+    released_if_unstarted,
+)
 from inat_keras.training.finetune import apply_final_trainability, fit_transfer, validate_transfer
 from inat_keras.training.runtime import compile_model, set_precision
 from inat_keras.training.tracking import WandbRun, start_wandb
@@ -145,7 +177,11 @@ def write_run_files(config: RunConfig, run_dir: Path, split: DatasetSplit, data_
 
 
 def set_up_training(
-    config: RunConfig, run_dir: Path, split: DatasetSplit, distribution: Distribution, state: dict[str, Any],
+    config: RunConfig,
+    run_dir: Path,
+    split: DatasetSplit,
+    distribution: Distribution,
+    state: dict[str, Any],
     log: Callable[[str], None],
 ) -> TrainingSetup:
     """Seeds, precision, datasets and the model: new, or the resumed run's last checkpoint."""
@@ -188,8 +224,14 @@ def set_up_training(
 
 
 def fit_remaining_epochs(
-    config: RunConfig, run_dir: Path, setup: TrainingSetup, state: dict[str, Any], wandb_run: WandbRun | None, *,
-    verbose: int | str, log: Callable[[str], None],
+    config: RunConfig,
+    run_dir: Path,
+    setup: TrainingSetup,
+    state: dict[str, Any],
+    wandb_run: WandbRun | None,
+    *,
+    verbose: int | str,
+    log: Callable[[str], None],
 ) -> None:
     """Fit from the last committed epoch to the end; a Ctrl-C or running out of memory ends in one line."""
     import keras
@@ -204,8 +246,15 @@ def fit_remaining_epochs(
     try:
         if config.kind == "transfer":
             fit_transfer(
-                setup.model, config, setup.datasets, state, callbacks, steps_per_epoch=setup.steps_per_epoch,
-                learning_rate=setup.learning_rate, verbose=verbose, log=log,
+                setup.model,
+                config,
+                setup.datasets,
+                state,
+                callbacks,
+                steps_per_epoch=setup.steps_per_epoch,
+                learning_rate=setup.learning_rate,
+                verbose=verbose,
+                log=log,
             )
         else:
             setup.model.fit(
@@ -243,7 +292,11 @@ def refuse_nan_loss(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> 
 
 
 def finish_run(
-    config: RunConfig, run_dir: Path, split: DatasetSplit, setup: TrainingSetup, state: dict[str, Any],
+    config: RunConfig,
+    run_dir: Path,
+    split: DatasetSplit,
+    setup: TrainingSetup,
+    state: dict[str, Any],
     wandb_run: WandbRun | None,
 ) -> RunResult:
     """Test the best model once, write metrics.json, mark the run finished and drop its last checkpoint."""

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: baseline(root, args.image_size, args.batch_size),
                 lambda: ours(root, args.image_size, args.batch_size, args.classes),  # a fresh cache: the first epoch decodes
             )
-            for name, build in zip(names, builds):
+            for name, build in zip(names, builds, strict=True):
                 results[name].add(time_epochs(build, args.epochs))
             print(
                 f"round {round_}/{args.rounds}: "

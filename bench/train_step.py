@@ -224,9 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'model':<18}{'size':>6}{'pipeline':>12}{'memory':>12}{'pipeline cost':>15}")
     for name, rates in results.items():
-        print(
-            f"{name:<18}{args.image_size or NATIVE_SIZES[name]:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%"
-        )
+        size = args.image_size or NATIVE_SIZES[name]
+        print(f"{name:<18}{size:>6}{rates['pipeline']:>12.1f}{rates['memory']:>12.1f}{rates['cost_pct']:>14.1f}%")
     print(
         " ".join(
             f"{name}_pipeline={r['pipeline']:.1f} {name}_memory={r['memory']:.1f} {name}_pipeline_cost_pct={r['cost_pct']:.1f}"

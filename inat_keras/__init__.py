@@ -4,6 +4,8 @@ Importing the package starts nothing: no GPU set-up, no W&B, no printing. Keras 
 imported only when a model is built.
 """
 
+from typing import Any
+
 from inat_keras.config import CNNConfig, DataConfig, RunConfig, TrackingConfig, TrainConfig
 from inat_keras.errors import UserError
 
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # Lazy, so `import inat_keras` stays cheap and free of TensorFlow start-up.
     if name in ("build_cnn", "count_params", "count_macs"):
         from inat_keras.models import cnn

@@ -71,7 +71,7 @@ class CNNConfig:
     def block_filters(self) -> list[int]:
         if self.filters is not None:
             return list(self.filters)
-        return [max(1, int(round(self.first_filters * self.filter_organisation**i))) for i in range(self.num_blocks)]
+        return [max(1, round(self.first_filters * self.filter_organisation**i)) for i in range(self.num_blocks)]
 
     def block_kernels(self) -> list[int]:
         """One kernel size per block: a single size (int, or a one-item list as ``--kernel-size 3`` gives) repeats."""

@@ -5,6 +5,7 @@ TensorFlow is imported inside the functions, so importing this module stays chea
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -30,7 +31,5 @@ def configure_devices() -> None:
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        with contextlib.suppress(RuntimeError):  # already initialised: too late to change, and harmless
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised: too late to change, and harmless
-            pass

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp_path)`` (its return value is ignored) and move the result onto ``path`` in one rename.
 
     The temporary file lives in the same directory (a rename across file systems
     is not atomic) and keeps the suffix, because Keras picks the format from it.

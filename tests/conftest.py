@@ -56,3 +56,19 @@ def isolated_cache(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setenv("INAT_KERAS_HOME", str(home))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-class scratch run trained once per test process (see trained_runs.py)."""
+    from trained_runs import train_tiny_scratch_run
+
+    return train_tiny_scratch_run(tmp_path_factory.mktemp("scratch-run"))
+
+
+@pytest.fixture(scope="session")
+def transfer_run(tmp_path_factory: pytest.TempPathFactory, scratch_run: Path) -> Path:
+    """An untrained MobileNetV2 transfer run (weights=None) sharing the scratch run's test split."""
+    from trained_runs import make_tiny_transfer_run
+
+    return make_tiny_transfer_run(tmp_path_factory.mktemp("transfer-run"), scratch_run)

@@ -129,6 +129,7 @@ def test_a_run_augmenting_in_the_model_records_it_and_exports_without_the_random
     assert result["max_abs_difference"] < 1e-4 and result["same_top1"]
 
 
+@pytest.mark.slow
 def test_a_gpu_run_augmenting_in_the_model_trains_with_xla_and_records_it(
     tiny_dataset: Path, tmp_path: Path, monkeypatch
 ) -> None:

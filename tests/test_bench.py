@@ -19,6 +19,7 @@ import pipeline
 import train_step
 
 
+@pytest.mark.slow
 def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "jpegs"
     args = [
@@ -90,6 +91,7 @@ def test_augmentation_stays_float32_under_mixed_precision() -> None:
     assert augmented.dtype == "float32"
 
 
+@pytest.mark.slow
 def test_the_feature_cache_benchmark_times_both_runs_and_ends_with_their_ratio(tiny_dataset: Path, capsys) -> None:
     args = ["--data", str(tiny_dataset), "--image-size", "32", "--batch-size", "8", "--epochs", "2"]
     assert finetune_cache.main(args) == 0
@@ -110,6 +112,7 @@ def test_the_augmentation_benchmark_compares_both_stacks_and_ends_with_the_speed
     assert re.fullmatch(r"augment_speedup_pipeline=\d+\.\d\d augment_speedup_compiled_xla=\d+\.\d\d", output[-1]), output[-1]
 
 
+@pytest.mark.slow
 def test_the_train_step_benchmark_prints_the_gpu_table_of_precisions_and_xla(tmp_path: Path, capsys) -> None:
     args = [
         "--models",

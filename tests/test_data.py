@@ -41,7 +41,7 @@ def test_split_is_stratified_and_deterministic_for_a_seed() -> None:
 def test_a_class_with_one_image_cannot_be_split() -> None:
     with pytest.raises(UserError, match="class 1 has only 1 training image"):
         stratified_split(labelled([5, 1]), 0.2, seed=0)
-    with pytest.raises(UserError, match="class 'owl' has only 1 training image.*add images or remove the class"):
+    with pytest.raises(UserError, match=r"class 'owl' has only 1 training image.*add images or remove the class"):
         stratified_split(labelled([5, 1]), 0.2, seed=0, class_names=["fox", "owl"])
 
 
@@ -140,7 +140,7 @@ def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_
     assert int(decoded.cardinality()) == 11  # known, so Keras counts the first epoch's steps
     pairs = list(decoded)
     assert len(pairs) == 11
-    for path, label, (image, one_hot) in zip(paths, labels, pairs):
+    for path, label, (image, one_hot) in zip(paths, labels, pairs, strict=True):
         np.testing.assert_array_equal(image.numpy(), load_image(path, 16))
         assert int(np.argmax(one_hot.numpy())) == label
     np.testing.assert_array_equal(decode.load_images(paths[:5], 16), np.stack([load_image(p, 16) for p in paths[:5]]))
@@ -217,7 +217,7 @@ def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_pat
     assert int(decoded.cardinality()) == len(paths)
     pairs = list(decoded)
     assert len(pairs) == len(paths)
-    for path, label, (image, one_hot) in zip(paths, labels, pairs):
+    for path, label, (image, one_hot) in zip(paths, labels, pairs, strict=True):
         np.testing.assert_array_equal(image.numpy(), load_image(path, 24), err_msg=path)
         assert int(np.argmax(one_hot.numpy())) == label
 

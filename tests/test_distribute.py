@@ -101,6 +101,7 @@ def test_the_report_gives_the_global_batch_and_the_scaled_learning_rate() -> Non
     assert report["global_batch_size"] == 128 and report["learning_rate"] == pytest.approx(8e-3)
 
 
+@pytest.mark.slow
 def test_two_workers_on_localhost_train_one_epoch_and_only_the_chief_writes_the_run(tiny_dataset: Path, tmp_path: Path) -> None:
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     out = tmp_path / "runs"
@@ -133,7 +134,7 @@ def test_two_workers_on_localhost_train_one_epoch_and_only_the_chief_writes_the_
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "CUDA_VISIBLE_DEVICES": "",
         }
-        log = open(tmp_path / f"worker{index}.log", "w")
+        log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115 (closed when the worker ends, below)
         processes.append(
             (
                 subprocess.Popen(
@@ -182,6 +183,7 @@ def test_mirrored_training_on_one_device_records_its_scaling(tiny_dataset: Path,
     assert scaling["global_batch_size"] == 4 * replicas
 
 
+@pytest.mark.slow
 def test_fine_tuning_recompiles_inside_the_mirrored_strategy_between_phases(tiny_dataset: Path, tmp_path: Path) -> None:
     from inat_keras.cli.finetune import main as finetune_main
 

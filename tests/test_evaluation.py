@@ -10,17 +10,7 @@ from PIL import Image
 
 from inat_keras.errors import UserError
 from inat_keras.storage import read_csv, read_json
-from trained_runs import (
-    TEST_PER_CLASS,
-    split_test_images,
-    tiny_scratch_run,
-    tiny_transfer_run,
-)
-
-
-@pytest.fixture(scope="session")
-def scratch_run(tmp_path_factory) -> Path:
-    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
+from trained_runs import TEST_PER_CLASS, split_test_images
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +105,7 @@ def test_a_data_folder_is_labelled_by_class_name_not_by_folder_order(scratch_run
     trained = load_trained(scratch_run)
     paths, labels = split_test_images(scratch_run)
     # Only two classes, so sorted folder order (0, 1) differs from the model's indices.
-    for path, label in zip(paths, labels):
+    for path, label in zip(paths, labels, strict=True):
         if label in ("class_c", "class_j"):
             (tmp_path / "val" / label).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, tmp_path / "val" / label)
@@ -130,11 +120,11 @@ def test_a_data_folder_is_labelled_by_class_name_not_by_folder_order(scratch_run
         evaluate(trained, tmp_path / "eval", data=str(tmp_path))
 
 
-def test_evaluate_works_on_a_mobilenetv2_transfer_model(tmp_path_factory, scratch_run):
+def test_evaluate_works_on_a_mobilenetv2_transfer_model(transfer_run, scratch_run):
     from inat_keras.inspection.evaluate import evaluate
     from inat_keras.inspection.trained import load_trained
 
-    run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
+    run = transfer_run
     metrics = evaluate(load_trained(run), run / "eval")
     assert metrics["num_images"] == 30
     assert sum(map(sum, metrics["confusion_matrix"])) == 30

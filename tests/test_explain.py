@@ -9,12 +9,6 @@ import pytest
 from PIL import Image
 
 from inat_keras.storage import read_json
-from trained_runs import tiny_scratch_run, tiny_transfer_run
-
-
-@pytest.fixture(scope="session")
-def scratch_run(tmp_path_factory) -> Path:
-    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +112,13 @@ def test_guided_relu_layers_pass_only_positive_gradients_where_relu6_is_open():
     assert tape.gradient(score, x).numpy().tolist() == [[0.0, 1.0, 0.0, 0.0]]
 
 
-def test_mobilenetv2_gradcam_and_guided_backprop_use_the_registry_last_conv_layer(tmp_path_factory, scratch_run):
+@pytest.mark.slow
+def test_mobilenetv2_gradcam_and_guided_backprop_use_the_registry_last_conv_layer(transfer_run, scratch_run):
     from inat_keras.inspection.explain import explain
     from inat_keras.inspection.trained import load_trained
     from inat_keras.models.backbones import get_backbone
 
-    run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
+    run = transfer_run
     summary = explain(load_trained(run), run / "explain")
     layer = get_backbone("mobilenetv2").last_conv_layer
     assert summary["last_conv_layer"] == layer

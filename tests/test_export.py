@@ -10,12 +10,7 @@ import pytest
 
 from inat_keras.errors import UserError
 from inat_keras.storage import read_json
-from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
-
-
-@pytest.fixture(scope="session")
-def scratch_run(tmp_path_factory) -> Path:
-    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
+from trained_runs import split_test_images
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +68,11 @@ def test_each_export_round_trips_within_tolerance(scratch_run, batch, tmp_path, 
 
 
 @pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
-def test_a_transfer_model_exports_and_round_trips_too(tmp_path_factory, tmp_path, fmt) -> None:
+def test_a_transfer_model_exports_and_round_trips_too(transfer_run, tmp_path, fmt) -> None:
     from inat_keras.inspection.export import export_model
     from inat_keras.inspection.trained import load_trained
 
-    trained = load_trained(tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained"))
+    trained = load_trained(transfer_run)
     result = export_model(trained, fmt, tmp_path)
     assert result["checked_images"] > 1 and result["input"].startswith("float32 [batch, 64, 64, 3]")
     assert result["max_abs_difference"] < 1e-4 and result["same_top1"]
@@ -99,7 +94,7 @@ def test_an_export_that_disagrees_beyond_the_tolerance_is_refused(scratch_run, t
 
     reload = export.RUNNERS["savedmodel"]
     monkeypatch.setitem(export.RUNNERS, "savedmodel", lambda path: lambda images: reload(path)(images) + 0.01)
-    with pytest.raises(UserError, match="differs from the Keras model by 1.00e-02"):
+    with pytest.raises(UserError, match=r"differs from the Keras model by 1.00e-02"):
         export.export_model(load_trained(scratch_run), "savedmodel", tmp_path)
     record = read_json(tmp_path / "export.json")["savedmodel"]
     assert record["max_abs_difference"] == pytest.approx(0.01, abs=1e-6) and record["accepted"] is False

@@ -36,6 +36,7 @@ def history_of(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_the_finetune_demo_writes_every_run_artifact(tmp_path: Path) -> None:
     env = {**os.environ, "INAT_KERAS_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [
@@ -87,7 +88,7 @@ def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(
 
     monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", interrupt_after_epoch_two)
     first_log: list[str] = []
-    with pytest.raises(UserError, match="finetune.py --resume"):
+    with pytest.raises(UserError, match=r"finetune.py --resume"):
         train_run(config, verbose=0, log=first_log.append)
     monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", save_epoch)
 

@@ -141,6 +141,7 @@ def test_the_console_script_lists_the_commands(installed: Path) -> None:
         assert f"  {command} " in result.stdout, f"{command} missing from:\n{result.stdout}"
 
 
+@pytest.mark.slow
 def test_the_console_script_trains_a_demo_run(installed: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     args = ("train-scratch", "--demo", "--epochs", "1", "--quiet", "--wandb", "off", "--out", str(out))

@@ -12,12 +12,7 @@ import numpy as np
 import pytest
 
 from inat_keras.errors import UserError
-from trained_runs import split_test_images, tiny_scratch_run, tiny_transfer_run
-
-
-@pytest.fixture(scope="session")
-def scratch_run(tmp_path_factory) -> Path:
-    return tiny_scratch_run(tmp_path_factory.getbasetemp() / "trained")
+from trained_runs import split_test_images
 
 
 @pytest.fixture
@@ -126,10 +121,9 @@ def test_a_file_named_and_inside_a_named_folder_is_predicted_once(scratch_run, m
     assert sum("page.jpg" in line for line in captured.err.splitlines()) == 1
 
 
-def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch_run, mixed_inputs, tmp_path_factory, capsys):
+def test_a_transfer_run_predicts_what_its_model_computes_at_its_own_size(scratch_run, mixed_inputs, transfer_run, capsys):
     from inat_keras.cli.predict import main
 
-    transfer_run = tiny_transfer_run(tmp_path_factory.getbasetemp() / "trained")
     assert main([str(transfer_run), *mixed_inputs["inputs"], "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert sorted(r["path"] for r in report["results"]) == mixed_inputs["good"]

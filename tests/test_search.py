@@ -27,6 +27,7 @@ from inat_keras.search.space import (
     resolve_space,
     trial_config,
 )
+from inat_keras.storage import read_json
 
 TINY_SPACE = {
     "num_blocks": 3,
@@ -75,6 +76,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_random_search_writes_the_sweep_analysis_and_retrains_the_best_trial(tmp_path, search_data, capsys) -> None:
     assert train_scratch_main(search_args(tmp_path, search_data, "random", "--max-trials", "3")) == 0
     run_dir = tmp_path / "runs" / "s"
@@ -106,6 +108,7 @@ def test_random_search_writes_the_sweep_analysis_and_retrains_the_best_trial(tmp
     assert json.loads((search_dir / "retrained.json").read_text()) == {"trial_id": best["trial_id"]}
 
 
+@pytest.mark.slow
 def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, search_data) -> None:
     per_block = {**TINY_SPACE, "kernel_size_per_block": [3, 5]}
     args = search_args(tmp_path, search_data, "bayes", "--max-trials", "2", "--no-retrain", space=per_block)
@@ -127,6 +130,7 @@ def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, sea
     assert not (tmp_path / "runs" / "s" / "metrics.json").exists()  # --no-retrain
 
 
+@pytest.mark.slow
 def test_hyperband_continues_a_promising_trial_from_its_checkpoint(tmp_path, search_data) -> None:
     args = search_args(tmp_path, search_data, "hyperband", "--max-trials", "4", "--no-retrain")
     args[args.index("--epochs") + 1] = "3"
@@ -196,7 +200,7 @@ def test_a_search_killed_mid_trial_continues_without_redoing_finished_trials(tmp
 def test_the_search_space_file_refuses_unknown_and_badly_typed_entries(tmp_path, entries, message) -> None:
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps(entries))
-    with pytest.raises(UserError, match="--search-space .*space.json") as error:
+    with pytest.raises(UserError, match=r"--search-space .*space.json") as error:
         resolve_space("scratch", str(space_file))
     assert message in str(error.value)
 
@@ -299,7 +303,11 @@ def test_a_search_continues_after_its_folder_was_moved_or_renamed(tmp_path) -> N
     base.pop("tracking")
     record = {"tuner": "random", "executions_per_trial": 1, "space": {}, "base": base}
     record_or_check(tmp_path, record)
-    record_or_check(tmp_path, {**record, "base": {**base, "name": "s2", "out": "/elsewhere"}})
+    moved = {**record, "base": {**base, "name": "s2", "out": "/elsewhere"}}
+    record_or_check(tmp_path, moved)  # raises if the name or folder counted as another setting
+    assert read_json(tmp_path / "search.json") == moved  # the record now says where the search lives
+    with pytest.raises(UserError, match=r"train\.epochs was 10, now 11"):  # a real change is still refused
+        record_or_check(tmp_path, {**moved, "base": {**moved["base"], "train": {**base["train"], "epochs": 11}}})
 
 
 def test_a_new_best_trial_gets_its_own_retrain_and_the_old_one_is_set_aside(tmp_path) -> None:
@@ -341,7 +349,7 @@ def test_a_search_recorded_before_a_setting_existed_continues_with_its_default(t
     record_or_check(tmp_path, older)
     record_or_check(tmp_path, record)  # the new setting at its default: the same search
     asked = {**record, "base": {**base, "data": {**base["data"], "augment_placement": "model"}}}
-    with pytest.raises(UserError, match="data.augment_placement was auto, now model"):
+    with pytest.raises(UserError, match=r"data.augment_placement was auto, now model"):
         record_or_check(tmp_path, asked)
 
 
@@ -359,6 +367,7 @@ def test_resume_flag_is_refused_with_a_search() -> None:
         search_command(args, RunConfig(name="x"))
 
 
+@pytest.mark.slow
 def test_a_finetuning_search_trains_each_trial_through_head_and_unfreezing_phases(tmp_path, search_data) -> None:
     from inat_keras.cli.finetune import main as finetune_main
 

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, make_dataset_root
+from inat_keras import CNNConfig, count_params
 from inat_keras.cli.train_scratch import main as train_scratch_main
 from inat_keras.config import RunConfig
 
@@ -26,79 +28,95 @@ def run_cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_run_writes_every_artifact_and_names_its_directory_last(tiny_dataset: Path, tmp_path: Path) -> None:
+@dataclass
+class FinishedRun:
+    run: Path
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """One two-epoch run of train_scratch.py on tiny data, as a user starts it, shared by the artifact tests."""
+    base = tmp_path_factory.mktemp("artifacts")
+    data = make_dataset_root(base / "data")
     result = run_cli(
-        "--data",
-        str(tiny_dataset),
-        *TINY_MODEL,
-        "--epochs",
-        "2",
-        "--out",
-        str(tmp_path / "runs"),
-        "--name",
-        "tiny",
-        "--wandb",
-        "offline",
-        "--quiet",
-        "--lr-schedule",
-        "cosine",
-        "--warmup-epochs",
-        "1",
-        env_home=tmp_path,
-    )
+        "--data", str(data), *TINY_MODEL, "--epochs", "2", "--out", str(base / "runs"), "--name", "tiny",
+        "--wandb", "offline", "--quiet", "--lr-schedule", "cosine", "--warmup-epochs", "1",
+        env_home=base,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "runs" / "tiny"
-    last_line = result.stdout.strip().splitlines()[-1]
-    assert str(run) in last_line and "test accuracy" in last_line
+    return FinishedRun(base / "runs" / "tiny", result.stdout)
 
-    config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_last_line_names_the_run_directory_and_its_test_accuracy(finished_run: FinishedRun) -> None:
+    last_line = finished_run.stdout.strip().splitlines()[-1]
+    assert str(finished_run.run) in last_line and "test accuracy" in last_line
+
+
+def test_config_json_records_every_model_setting_defaults_included(finished_run: FinishedRun) -> None:
+    # So a later change of a default cannot change the rebuilt run.
+    config = RunConfig.from_dict(json.loads((finished_run.run / "config.json").read_text()))
     assert config.data.image_size == 32 and config.model["num_blocks"] == 3 and config.train.lr_schedule == "cosine"
-    # Every model setting, defaults included, so a later change of a default cannot change the rebuilt run.
-    from dataclasses import fields
-
-    from inat_keras import CNNConfig
-
     assert set(config.model) == {f.name for f in fields(CNNConfig)} - {"num_classes", "input_size"}
     assert config.model["first_filters"] == 8 and config.model["activation"] == CNNConfig.activation
 
-    with open(run / "split.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert {r["subset"] for r in rows} == {"train", "validation", "test"} and len(rows) == 36
-    with open(run / "history.csv") as handle:
-        history = list(csv.DictReader(handle))
-    assert [int(r["epoch"]) for r in history] == [1, 2] and "val_accuracy" in history[0]
-    assert Image.open(run / "curves.png").size[0] > 400
 
-    metrics = json.loads((run / "metrics.json").read_text())
+def test_split_csv_lists_every_image_once_with_its_subset(finished_run: FinishedRun) -> None:
+    rows = read_rows(finished_run.run / "split.csv")
+    assert {r["subset"] for r in rows} == {"train", "validation", "test"}
+    assert len(rows) == len({r["path"] for r in rows}) == 36
+
+
+def test_history_and_curves_show_every_epoch(finished_run: FinishedRun) -> None:
+    history = read_rows(finished_run.run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2] and "val_accuracy" in history[0]
+    assert Image.open(finished_run.run / "curves.png").size[0] > 400
+
+
+def test_metrics_json_holds_the_scores_the_counts_and_what_auto_became(finished_run: FinishedRun) -> None:
+    from inat_keras.devices import gpu_available
+
+    metrics = json.loads((finished_run.run / "metrics.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "num_params", "macs", "epochs_run", "train_seconds", "train_images_per_second"):
         assert key in metrics, key
     assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    from inat_keras import count_params
-    from inat_keras.devices import gpu_available
-
-    # What --mixed-precision auto and --jit-compile auto became on this machine.
     assert metrics["precision_policy"] == ("mixed_float16" if gpu_available() else "float32")
     assert metrics["jit_compile"] is gpu_available()
+    config = json.loads((finished_run.run / "config.json").read_text())
+    assert metrics["num_params"] == count_params(CNNConfig(**{**config["model"], "num_classes": 3, "input_size": 32}))
 
-    assert metrics["num_params"] == count_params(CNNConfig(**{**config.model, "num_classes": 3, "input_size": 32}))
 
+def test_best_keras_takes_raw_rgb_images(finished_run: FinishedRun) -> None:
     import keras
     import numpy as np
 
-    model = keras.models.load_model(run / "best.keras")
-    raw = np.asarray(Image.open(rows[0]["path"]).convert("RGB").resize((32, 32)), dtype="float32")[None]
+    model = keras.models.load_model(finished_run.run / "best.keras")
+    first = read_rows(finished_run.run / "split.csv")[0]["path"]
+    raw = np.asarray(Image.open(first).convert("RGB").resize((32, 32)), dtype="float32")[None]
     assert model.predict(raw, verbose=0).shape == (1, 3)
 
-    offline_logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+def test_the_offline_wandb_run_holds_the_config_and_every_epoch(finished_run: FinishedRun) -> None:
+    offline_logs = list((finished_run.run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline_logs) == 1, "one offline W&B run stored under the run directory"
     # The log is protobuf records: field names are stored as they are, so the config and metrics show.
     log = offline_logs[0].read_bytes()
     assert b"image_size" in log and b"num_blocks" in log, "the run's config went to W&B"
     assert b"epoch/val_accuracy" in log and b"epoch/loss" in log, "WandbMetricsLogger logged every epoch"
-    assert "wandb sync" in result.stdout
-    assert not list(run.glob("checkpoint/*.keras")), "the resume checkpoint is removed once the run finished"
+    assert "wandb sync" in finished_run.stdout
 
 
+def test_the_resume_checkpoint_is_removed_once_the_run_finished(finished_run: FinishedRun) -> None:
+    assert (finished_run.run / "best.keras").is_file()
+    assert not list(finished_run.run.glob("checkpoint/*.keras"))
+
+
+@pytest.mark.slow
 def test_demo_reaches_95_percent_on_the_real_digits(tmp_path: Path) -> None:
     result = run_cli("--demo", "--out", str(tmp_path / "runs"), "--name", "demo", "--wandb", "off", "--quiet", env_home=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -200,5 +218,5 @@ def test_run_config_round_trips_and_refuses_unknown_settings() -> None:
 
     config = RunConfig(name="x", model={"num_blocks": 4})
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(UserError, match="unknown TrainConfig setting.*epoch_count"):
+    with pytest.raises(UserError, match=r"unknown TrainConfig setting.*epoch_count"):
         RunConfig.from_dict({"name": "x", "train": {"epoch_count": 3}})

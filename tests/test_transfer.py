@@ -39,7 +39,7 @@ def test_every_registered_backbone_builds_one_flat_model_that_trains_a_step(name
     before = [np.array(w) for w in model.trainable_weights]
     frozen_before = np.array(backbone_layers(model)[1].weights[0]) if backbone_layers(model)[1].weights else None
     model.train_on_batch(images(2, size), np.eye(3)[[0, 1]])
-    assert any(not np.allclose(a, np.array(w)) for a, w in zip(before, model.trainable_weights))
+    assert any(not np.allclose(a, np.array(w)) for a, w in zip(before, model.trainable_weights, strict=True))
     if frozen_before is not None:
         np.testing.assert_array_equal(frozen_before, np.array(backbone_layers(model)[1].weights[0]))
     probabilities = np.asarray(model(images(2, size), training=False))

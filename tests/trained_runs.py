@@ -1,5 +1,5 @@
-"""A tiny trained scratch run, trained once per test session and shared by the evaluate,
-predict, explain and export tests (each module wraps it in a session fixture)."""
+"""The tiny trained runs behind conftest's ``scratch_run`` and ``transfer_run`` session fixtures,
+shared by the evaluate, predict, explain and export tests."""
 
 from __future__ import annotations
 
@@ -7,68 +7,62 @@ from pathlib import Path
 
 from conftest import make_dataset_root
 
-_RUNS: dict[str, Path] = {}
 NUM_CLASSES = 10
 TEST_PER_CLASS = 3
 
 
-def tiny_scratch_run(base: Path) -> Path:
+def train_tiny_scratch_run(base: Path) -> Path:
     """10 classes, 4 train and 3 test images each, 32x32, a 5-block CNN (4 to 64 filters) trained 6 epochs."""
-    if "scratch" not in _RUNS:
-        from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
-        from inat_keras.training.loop import train_run
+    from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
+    from inat_keras.training.loop import train_run
 
-        data = make_dataset_root(
-            base / "data", num_classes=NUM_CLASSES, train_per_class=4, val_per_class=TEST_PER_CLASS, size=(32, 32)
-        )
-        config = RunConfig(
-            name="tiny",
-            kind="scratch",
-            out=str(base / "runs"),
-            data=DataConfig(data_dir=str(data), image_size=32, batch_size=16),
-            model={
-                "num_blocks": 5,
-                "first_filters": 4,
-                "filter_organisation": 2.0,
-                "dense_units": [16],
-                "batch_norm_momentum": 0.9,
-            },
-            train=TrainConfig(epochs=6, learning_rate=3e-3, mixed_precision="off", jit_compile="off"),
-            tracking=TrackingConfig(wandb="off"),
-        )
-        _RUNS["scratch"] = train_run(config, verbose=0, log=lambda message: None).run_dir
-    return _RUNS["scratch"]
+    data = make_dataset_root(
+        base / "data", num_classes=NUM_CLASSES, train_per_class=4, val_per_class=TEST_PER_CLASS, size=(32, 32)
+    )
+    config = RunConfig(
+        name="tiny",
+        kind="scratch",
+        out=str(base / "runs"),
+        data=DataConfig(data_dir=str(data), image_size=32, batch_size=16),
+        model={
+            "num_blocks": 5,
+            "first_filters": 4,
+            "filter_organisation": 2.0,
+            "dense_units": [16],
+            "batch_norm_momentum": 0.9,
+        },
+        train=TrainConfig(epochs=6, learning_rate=3e-3, mixed_precision="off", jit_compile="off"),
+        tracking=TrackingConfig(wandb="off"),
+    )
+    return train_run(config, verbose=0, log=lambda message: None).run_dir
 
 
-def tiny_transfer_run(base: Path) -> Path:
+def make_tiny_transfer_run(base: Path, scratch: Path) -> Path:
     """An untrained MobileNetV2 transfer model (weights=None) as a run directory sharing the scratch
     run's test split: evaluate and explain need only best.keras, config.json and split.csv.
     64 px, not 32: MobileNetV2 divides by 32, and a 1x1 last feature map gives a constant Grad-CAM."""
-    if "transfer" not in _RUNS:
-        import shutil
+    import shutil
 
-        from inat_keras.config import DataConfig, RunConfig
-        from inat_keras.models.transfer import build_transfer
-        from inat_keras.storage import read_json, write_json
+    from inat_keras.config import DataConfig, RunConfig
+    from inat_keras.models.transfer import build_transfer
+    from inat_keras.storage import read_json, write_json
 
-        scratch = tiny_scratch_run(base)
-        class_names = read_json(scratch / "config.json")["class_names"]
-        run_dir = base / "runs" / "mobilenetv2"
-        run_dir.mkdir(parents=True)
-        model = build_transfer("mobilenetv2", len(class_names), weights=None, input_size=64)
-        calibrate_batch_norm(model, split_test_images(scratch)[0])
-        model.save(run_dir / "best.keras")
-        config = RunConfig(
-            name="mobilenetv2",
-            kind="transfer",
-            out=str(base / "runs"),
-            data=DataConfig(image_size=64),
-            model={"backbone": "mobilenetv2", "weights": None},
-        )
-        write_json(run_dir / "config.json", {**config.to_dict(), "class_names": class_names})
-        shutil.copy(scratch / "split.csv", run_dir / "split.csv")
-        _RUNS["transfer"] = run_dir
-    return _RUNS["transfer"]
+    class_names = read_json(scratch / "config.json")["class_names"]
+    run_dir = base / "runs" / "mobilenetv2"
+    run_dir.mkdir(parents=True)
+    model = build_transfer("mobilenetv2", len(class_names), weights=None, input_size=64)
+    calibrate_batch_norm(model, split_test_images(scratch)[0])
+    model.save(run_dir / "best.keras")
+    config = RunConfig(
+        name="mobilenetv2",
+        kind="transfer",
+        out=str(base / "runs"),
+        data=DataConfig(image_size=64),
+        model={"backbone": "mobilenetv2", "weights": None},
+    )
+    write_json(run_dir / "config.json", {**config.to_dict(), "class_names": class_names})
+    shutil.copy(scratch / "split.csv", run_dir / "split.csv")
+    return run_dir
 
 
 def calibrate_batch_norm(model, paths: list[str]) -> None:

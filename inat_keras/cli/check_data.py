@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from inat_keras.data.check import check_dataset
 from inat_keras.data.gate import training_layout_problem
@@ -20,7 +21,7 @@ from inat_keras.storage import write_json
 class ProgressLine:
     """``checked N/M images`` on stderr: redrawn in a terminal, every 10% otherwise."""
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream, self.last, self.step = stream or sys.stderr, 0.0, -1
         self.live = self.stream.isatty()
 

@@ -9,7 +9,7 @@ from inat_keras.cli.flags import add_model_args
 from inat_keras.inspection.formats import FORMATS, TOLERANCE
 
 
-def human_size(size: int) -> str:
+def human_size(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

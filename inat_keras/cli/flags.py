@@ -30,7 +30,7 @@ from inat_keras.errors import UserError
 from inat_keras.runs import load_run_config
 
 
-def add_model_args(parser) -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The positional model argument and ``--classes``, the same in every command."""
     parser.add_argument("model", help="run directory (runs/<name>) or a .keras file")
     parser.add_argument(

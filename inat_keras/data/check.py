@@ -13,6 +13,7 @@ decodes in training. Verdicts are cached by path, size and modification time in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -95,7 +96,8 @@ def list_dataset_files(root: Path) -> tuple[list[tuple[str, str, str]], list[dic
     Image files are listed by ``data.list_class_images``, the function training uses, so the
     paths here are the exact strings of a run's ``split.csv``.
     """
-    candidates, ignored = [], []
+    candidates: list[tuple[str, str, str]] = []
+    ignored: list[dict[str, str]] = []
     for split, folder in dataset_splits(root):
         for label, paths in list_class_images(folder).items():
             candidates.extend((path, split, label) for path in paths)
@@ -114,7 +116,7 @@ def sniff_other_format(head: bytes) -> tuple[str, str]:
         return "unsupported", "HEIC/HEIF photo (convert it to JPEG)"
     if brand in (b"avif", b"avis"):
         return "unsupported", "AVIF image this Pillow cannot decode (convert it to JPEG)"
-    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL "):
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")):
         return "unsupported", "JPEG XL image (convert it to JPEG)"
     if lowered.startswith(b"<svg") or (lowered.startswith(b"<?xml") and b"<svg" in lowered):
         return "unsupported", "SVG drawing (render it to PNG)"
@@ -208,10 +210,9 @@ def load_cache(path: Path) -> dict[str, list]:
 
 
 def save_cache(path: Path, entries: dict[str, list]) -> None:
-    try:
+    # The cache only saves time; a read-only home must not fail the check.
+    with contextlib.suppress(OSError):
         write_json(path, {"stamp": cache_stamp(), "files": entries})
-    except OSError:
-        pass  # the cache only saves time; a read-only home must not fail the check
 
 
 # -- the check --------------------------------------------------------------------------------

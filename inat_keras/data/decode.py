@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -66,7 +67,7 @@ def native_jpeg(path: str | os.PathLike) -> bool:
 
 
 @functools.cache
-def jpeg_decoder(size: int):
+def jpeg_decoder(size: int) -> Any:
     """A TensorFlow function: JPEG bytes to a ``size`` x ``size`` x 3 uint8 image, the GIL never taken.
 
     Decodes at the largest DCT scale that keeps the short side at least ``size`` (what ``draft`` picks),
@@ -76,14 +77,14 @@ def jpeg_decoder(size: int):
     """
     import tensorflow as tf
 
-    def decode_at(contents, scale: int):
+    def decode_at(contents: Any, scale: int) -> Callable[[], Any]:
         return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=scale)
 
-    def resize(image, method: str, antialias: bool = False):
+    def resize(image: Any, method: str, antialias: bool = False) -> Callable[[], Any]:
         return lambda: tf.image.resize(image, (size, size), method=method, antialias=antialias)
 
     @tf.function(input_signature=[tf.TensorSpec((), tf.string)])
-    def decode(contents):
+    def decode(contents: Any) -> Any:
         fits = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2]) // size
         scale_index = tf.reduce_sum(tf.cast(fits >= tf.constant(JPEG_SCALES[1:]), tf.int32))
         image = tf.switch_case(scale_index, [decode_at(contents, scale) for scale in JPEG_SCALES])
@@ -106,7 +107,7 @@ def decode_with_pillow(path: str | os.PathLike, size: int) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8)
 
 
-def decoder_reason(error) -> str:
+def decoder_reason(error: Any) -> str:
     """The sentence of a TensorFlow decoding error, without its op and device prefix."""
     return error.message.split("}}")[-1].strip().splitlines()[0]
 
@@ -164,7 +165,7 @@ def decode_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="inat-decode")
 
 
-def on_decode_pool(count: int, work) -> None:
+def on_decode_pool(count: int, work: Callable[[int], None]) -> None:
     """``work(i)`` for i in range(count) on the decoding threads, ``DECODE_TASK`` indices per task.
 
     A few files per task: a future per file costs GIL time of its own. list() waits for every task
@@ -178,7 +179,9 @@ def on_decode_pool(count: int, work) -> None:
     list(decode_pool().map(task, range(0, count, DECODE_TASK)))
 
 
-def load_images(paths: Sequence[str | os.PathLike], size: int, decode=load_image) -> np.ndarray:
+def load_images(
+    paths: Sequence[str | os.PathLike], size: int, decode: Callable[[str | os.PathLike, int], np.ndarray] = load_image
+) -> np.ndarray:
     """``decode`` (``load_image``) of each path, in parallel, stacked in order: (len(paths), size, size, 3) uint8."""
     images = np.empty((len(paths), size, size, 3), np.uint8)
 

@@ -53,7 +53,7 @@ def list_class_images(folder: Path) -> dict[str, list[str]]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     found = {}
     for name in classes:
-        files = []
+        files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder / name):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(Path(f)))
@@ -123,7 +123,7 @@ def stratified_split(
             f"{name} has only {int(counts.min())} training image(s): "
             "each class needs at least 2 to split off a validation set; add images or remove the class"
         )
-    num_val = max(int(round(len(files) * val_fraction)), len(counts))
+    num_val = max(round(len(files) * val_fraction), len(counts))
     if len(files) - num_val < len(counts):
         raise UserError(f"--val-split {val_fraction} leaves too few training images: lower it or add images")
     train_idx, val_idx = train_test_split(np.arange(len(files)), test_size=num_val, stratify=files.labels, random_state=seed)
@@ -132,6 +132,7 @@ def stratified_split(
 
 
 def make_split(config: DataConfig, exclude: frozenset[str] = frozenset()) -> DatasetSplit:
+    assert config.data_dir is not None, "training.loop.resolve_data_dir sets data_dir before the split is made"
     class_names, train_files, test_files = discover_dataset(config.data_dir, exclude)
     train, validation = stratified_split(train_files, config.val_split, config.seed, class_names)
     return DatasetSplit(class_names, train, validation, test_files)
@@ -139,9 +140,9 @@ def make_split(config: DataConfig, exclude: frozenset[str] = frozenset()) -> Dat
 
 def save_split(split: DatasetSplit, run_dir: str | os.PathLike) -> None:
     """``split.csv``: one row per image (path, label, subset), to reproduce or audit a run."""
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for subset, files in (("train", split.train), ("validation", split.validation), ("test", split.test)):
-        rows.extend((path, split.class_names[label], subset) for path, label in zip(files.paths, files.labels))
+        rows.extend((path, split.class_names[label], subset) for path, label in zip(files.paths, files.labels, strict=True))
     write_csv(Path(run_dir) / SPLIT_FILE, ("path", "label", "subset"), rows)
 
 

@@ -85,7 +85,7 @@ def usable_split(
     dropped = bad_paths | frozenset(missing)
 
     def keep(files: LabelledFiles) -> LabelledFiles:
-        kept = [(path, label) for path, label in zip(files.paths, files.labels) if path not in dropped]
+        kept = [(path, label) for path, label in zip(files.paths, files.labels, strict=True) if path not in dropped]
         return LabelledFiles([path for path, _ in kept], [label for _, label in kept])
 
     return DatasetSplit(split.class_names, keep(split.train), keep(split.validation), keep(split.test))

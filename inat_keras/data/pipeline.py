@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from inat_keras.data.files import LabelledFiles
 from inat_keras.models.augment import augments_in_model, make_augmentation
 
 
-def natively_decoded(files: LabelledFiles, image_size: int, num_classes: int):
+def natively_decoded(files: LabelledFiles, image_size: int, num_classes: int) -> Any:
     """(uint8 image, one-hot label) of plain JPEGs, decoded by TensorFlow on every core tf.data gives the map."""
     import tensorflow as tf
 
@@ -25,14 +26,14 @@ def natively_decoded(files: LabelledFiles, image_size: int, num_classes: int):
     return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def pillow_decoded(files: LabelledFiles, image_size: int, num_classes: int):
+def pillow_decoded(files: LabelledFiles, image_size: int, num_classes: int) -> Any:
     """(uint8 image, one-hot label) through Pillow, ``DECODE_CHUNK`` files per call on the decoding threads."""
     import tensorflow as tf
 
     def decode_chunk(paths: np.ndarray) -> np.ndarray:
         return load_images([path.decode("utf-8") for path in paths], image_size, decode_with_pillow)
 
-    def read(paths, labels):
+    def read(paths: Any, labels: Any) -> tuple[Any, Any]:
         images = tf.numpy_function(decode_chunk, [paths], tf.uint8, stateful=False)
         images.set_shape((None, image_size, image_size, 3))
         return images, tf.one_hot(labels, num_classes)
@@ -43,7 +44,7 @@ def pillow_decoded(files: LabelledFiles, image_size: int, num_classes: int):
     return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
-def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
+def decoded_images(files: LabelledFiles, image_size: int, num_classes: int) -> Any:
     """A tf.data dataset of (uint8 image, one-hot label) in the order of ``files``, decoded on all cores.
 
     Plain JPEGs go through TensorFlow's decoder, which never takes the GIL, and the rest through
@@ -54,8 +55,8 @@ def decoded_images(files: LabelledFiles, image_size: int, num_classes: int):
 
     native = native_jpegs(files.paths)
     pick = lambda wanted: LabelledFiles(
-        [path for path, n in zip(files.paths, native) if n == wanted],
-        [label for label, n in zip(files.labels, native) if n == wanted],
+        [path for path, n in zip(files.paths, native, strict=True) if n == wanted],
+        [label for label, n in zip(files.labels, native, strict=True) if n == wanted],
     )
     if all(native):
         dataset = natively_decoded(files, image_size, num_classes)
@@ -76,7 +77,7 @@ def make_dataset(
     *,
     training: bool,
     cache_name: str = "",
-):
+) -> Any:
     """Batches of (float32 0-255 image, one-hot label): decode, cache, [shuffle, augment], prefetch.
 
     The cache holds resized uint8 images (4x smaller than float32), so epochs after
@@ -86,7 +87,7 @@ def make_dataset(
     return batched(images, config, len(files), training=training)
 
 
-def cached_images(files: LabelledFiles, config: DataConfig, num_classes: int, *, cache_name: str = ""):
+def cached_images(files: LabelledFiles, config: DataConfig, num_classes: int, *, cache_name: str = "") -> Any:
     """Decoded (uint8 image, one-hot label) pairs behind ``config.cache``; a search batches them per trial."""
     dataset = decoded_images(files, config.image_size, num_classes)
     if config.cache == "memory":
@@ -104,12 +105,12 @@ def cache_key(files: LabelledFiles, image_size: int, num_classes: int) -> str:
     wrong pixels or fail mid-epoch on a shape mismatch.
     """
     digest = hashlib.sha256(f"{image_size}\n{num_classes}\n{DECODER_VERSION}\n".encode())
-    for path, label in zip(files.paths, files.labels):
+    for path, label in zip(files.paths, files.labels, strict=True):
         digest.update(f"{path}\t{label}\n".encode())
     return f"{image_size}px-{digest.hexdigest()[:12]}"
 
 
-def batched(dataset, config: DataConfig, count: int, *, training: bool):
+def batched(dataset: Any, config: DataConfig, count: int, *, training: bool) -> Any:
     """[shuffle,] batch, float32, [augment unless the model does,] prefetch the pairs of ``cached_images``."""
     import tensorflow as tf
 

@@ -153,8 +153,9 @@ def format_report(report: DataReport, *, limit: int | None = 20) -> str:
         )
     for split, info in report.imbalance.items():
         ratio = "a class has no usable image" if info["ratio"] is None else f"{info['ratio']:.2f}"
+        largest, smallest = info["largest"], info["smallest"]
         lines.append(
-            f"class imbalance in {split} (largest / smallest): {ratio} ({info['largest'][0]} {info['largest'][1]}, {info['smallest'][0]} {info['smallest'][1]})"
+            f"class imbalance in {split} (largest / smallest): {ratio} ({largest[0]} {largest[1]}, {smallest[0]} {smallest[1]})"
         )
     if report.formats:
         lines.append("formats: " + ", ".join(f"{name or '?'} {count}" for name, count in report.formats.items()))

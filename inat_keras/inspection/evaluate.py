@@ -82,7 +82,10 @@ def folder_test_files(root: str | os.PathLike, class_names: Sequence[str]) -> La
 
 def predict_files(trained: TrainedModel, files: LabelledFiles, *, tta: bool, batch_size: int = 32) -> Predictions:
     """Probabilities for every readable file; with ``tta`` also for its mirror image."""
-    kept, plain, flipped, skipped = LabelledFiles([], []), [], [], []
+    kept = LabelledFiles([], [])
+    plain: list[np.ndarray] = []
+    flipped: list[np.ndarray] = []
+    skipped: list[dict[str, str]] = []
     for batch in image_batches(files.paths, trained.image_size, batch_size):
         skipped.extend({"path": files.paths[i], "error": error} for i, error in batch.failures)
         if not batch.indices:
@@ -204,7 +207,9 @@ def grid_choice(predictions: Predictions, num_classes: int, per_class: int, seed
     chosen = []
     for label in range(num_classes):
         members = np.flatnonzero(predictions.labels == label)
-        picked = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        picked: np.ndarray | list[int] = (
+            rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        )
         chosen.append(sorted(int(i) for i in picked))
     return chosen
 

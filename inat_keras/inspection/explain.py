@@ -14,7 +14,7 @@ the layers of a nested sub-model as outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,14 @@ MAX_FEATURE_LAYERS = 5
 # -- the model, flat ------------------------------------------------------------------------------
 
 
-def conv_layers(model) -> list:
+def conv_layers(model: Any) -> list[Any]:
     """``Conv2D`` layers in graph order (a backbone's depthwise convolutions are not Conv2D)."""
     import keras
 
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
 
-def last_conv_layer_name(trained: TrainedModel, model) -> str:
+def last_conv_layer_name(trained: TrainedModel, model: Any) -> str:
     """A transfer backbone's last conv layer from the backbone registry; otherwise (the scratch
     CNN's ``conv<N>``, a bare ``.keras`` file) the last ``Conv2D`` of the model."""
     import keras
@@ -65,14 +65,14 @@ def last_conv_layer_name(trained: TrainedModel, model) -> str:
     raise UserError(f"{trained.model_path} has no Conv2D layer to explain")
 
 
-def first_conv_layer(model):
+def first_conv_layer(model: Any) -> Any:
     convs = conv_layers(model)
     if not convs:
         raise UserError("the model has no Conv2D layer whose filters could be shown")
     return convs[0]
 
 
-def feature_layers(model, last_conv: str) -> list[tuple[str, Any]]:
+def feature_layers(model: Any, last_conv: str) -> list[tuple[str, Any]]:
     """(conv layer name, the layer whose output is shown) for each conv block, at most ``MAX_FEATURE_LAYERS``.
 
     The scratch CNN's blocks are ``conv<i>`` -> ``bn<i>`` -> ``act<i>``: the activation is shown.
@@ -86,7 +86,7 @@ def feature_layers(model, last_conv: str) -> list[tuple[str, Any]]:
     chosen = []
     for name in names:
         shown = name
-        if name.startswith("conv") and name[4:].isdigit() and f"act{name[4:]}" in {l.name for l in model.layers}:
+        if name.startswith("conv") and name[4:].isdigit() and f"act{name[4:]}" in {layer.name for layer in model.layers}:
             shown = f"act{name[4:]}"
         chosen.append((name, model.get_layer(shown)))
     return chosen
@@ -95,18 +95,18 @@ def feature_layers(model, last_conv: str) -> list[tuple[str, Any]]:
 # -- guided backpropagation ------------------------------------------------------------------------
 
 
-def guided_relu_layers():
+def guided_relu_layers() -> Callable[[Any], None]:
     """A tf-keras-vis model modifier: guided gradients through ``keras.layers.ReLU`` layers too."""
     import keras
     import tensorflow as tf
 
-    def guided(layer):
+    def guided(layer: Any) -> Callable[[Any], Any]:
         call = layer.call
         upper = layer.max_value
 
         @tf.custom_gradient
-        def guided_call(x):
-            def grad(dy):
+        def guided_call(x: Any) -> tuple[Any, Callable[[Any], Any]]:
+            def grad(dy: Any) -> Any:
                 passes = tf.cast(x > layer.threshold, dy.dtype)
                 if upper is not None:
                     passes *= tf.cast(x < upper, dy.dtype)
@@ -116,7 +116,7 @@ def guided_relu_layers():
 
         return guided_call
 
-    def modify(model) -> None:
+    def modify(model: Any) -> None:
         for layer in model.layers:
             if isinstance(layer, keras.layers.ReLU):
                 layer.call = guided(layer)
@@ -124,7 +124,7 @@ def guided_relu_layers():
     return modify
 
 
-def count_relu_layers(model) -> int:
+def count_relu_layers(model: Any) -> int:
     import keras
 
     return sum(
@@ -150,7 +150,7 @@ def pick_neurons(features: np.ndarray, count: int, seed: int) -> list[int]:
     return sorted(int(c) for c in rng.choice(pool, size=min(count, len(pool)), replace=False))
 
 
-def guided_backprop_maps(model, image: np.ndarray, layer_name: str, seed: int, count: int = NUM_NEURONS) -> dict[str, Any]:
+def guided_backprop_maps(model: Any, image: np.ndarray, layer_name: str, seed: int, count: int = NUM_NEURONS) -> dict[str, Any]:
     """Guided backpropagation of ``count`` seeded random neurons of ``layer_name`` down to the input.
 
     A neuron is one channel at the position where it responds most to the image; its map is the
@@ -171,8 +171,8 @@ def guided_backprop_maps(model, image: np.ndarray, layer_name: str, seed: int, c
         clone=True,
     )
 
-    def neuron_scores(output):
-        return tf.stack([output[i, y, x, c] for i, (c, (y, x)) in enumerate(zip(channels, positions))])
+    def neuron_scores(output: Any) -> Any:
+        return tf.stack([output[i, y, x, c] for i, (c, (y, x)) in enumerate(zip(channels, positions, strict=True))])
 
     seeds = np.repeat(image[None].astype(np.float32), len(channels), axis=0)
     maps = np.asarray(saliency(neuron_scores, seeds, keepdims=True, normalize_map=False))
@@ -180,7 +180,7 @@ def guided_backprop_maps(model, image: np.ndarray, layer_name: str, seed: int, c
         "layer": layer_name,
         "channels": channels,
         "positions": positions,
-        "activations": [float(features[y, x, c]) for c, (y, x) in zip(channels, positions)],
+        "activations": [float(features[y, x, c]) for c, (y, x) in zip(channels, positions, strict=True)],
         "maps": maps,
     }
 
@@ -188,7 +188,7 @@ def guided_backprop_maps(model, image: np.ndarray, layer_name: str, seed: int, c
 # -- Grad-CAM ------------------------------------------------------------------------------------
 
 
-def class_activation_maps(model, image: np.ndarray, layer_name: str, class_index: int) -> dict[str, np.ndarray]:
+def class_activation_maps(model: Any, image: np.ndarray, layer_name: str, class_index: int) -> dict[str, np.ndarray]:
     """Grad-CAM and Grad-CAM++ of ``class_index`` on ``layer_name``, resized to the image, in [0, 1]."""
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
@@ -196,7 +196,7 @@ def class_activation_maps(model, image: np.ndarray, layer_name: str, class_index
     from tf_keras_vis.utils.scores import CategoricalScore
 
     seed = image[None].astype(np.float32)
-    maps = {}
+    maps: dict[str, np.ndarray] = {}
     # Scores before the softmax: its saturation would flatten the gradients (tf-keras-vis advice).
     for name, method in (("Grad-CAM", Gradcam), ("Grad-CAM++", GradcamPlusPlus)):
         explainer = method(model, model_modifier=ReplaceToLinear(), clone=True)
@@ -211,15 +211,16 @@ def class_activation_maps(model, image: np.ndarray, layer_name: str, class_index
 
 def default_image(trained: TrainedModel) -> str:
     """The run's first test image that still exists (the dataset may have moved since training)."""
-    rows = split_test_rows(trained.run_dir)
-    if rows is not None:
+    run_dir = trained.run_dir
+    rows = split_test_rows(run_dir)
+    if run_dir is not None and rows is not None:  # rows is None without a run_dir; testing both lets mypy see a Path
         tests = [row["path"] for row in rows]
         for path in tests:
             if Path(path).is_file():
                 return path
         if tests:
             raise UserError(
-                f"no --image given, and none of the {len(tests)} test images in {trained.run_dir / SPLIT_FILE} exists "
+                f"no --image given, and none of the {len(tests)} test images in {run_dir / SPLIT_FILE} exists "
                 f"any more (the first: {tests[0]}): pass --image FILE"
             )
     raise UserError(
@@ -237,7 +238,7 @@ def load_explained_image(path: str, size: int) -> np.ndarray:
         raise UserError(f"--image {path} is not a readable image ({str(error).splitlines()[0]})") from None
 
 
-def write_feature_maps(model, image: np.ndarray, last_conv: str, out_dir: Path, title: str) -> list[dict[str, Any]]:
+def write_feature_maps(model: Any, image: np.ndarray, last_conv: str, out_dir: Path, title: str) -> list[dict[str, Any]]:
     import keras
 
     chosen = feature_layers(model, last_conv)
@@ -246,13 +247,13 @@ def write_feature_maps(model, image: np.ndarray, last_conv: str, out_dir: Path, 
     activations = extractor(image[None].astype(np.float32), training=False)
     activations = activations if isinstance(activations, list | tuple) else [activations]
     written = []
-    for (conv_name, shown), maps in zip(chosen, activations):
+    for (conv_name, shown), maps in zip(chosen, activations, strict=True):
         path = out_dir / f"feature_maps_{conv_name}.png"
         written.append({**plot_feature_maps(np.asarray(maps)[0], conv_name, shown.name, path, title), "file": path.name})
     return written
 
 
-def write_guided_backprop(model, image: np.ndarray, last_conv: str, out_dir: Path, title: str, seed: int) -> dict[str, Any]:
+def write_guided_backprop(model: Any, image: np.ndarray, last_conv: str, out_dir: Path, title: str, seed: int) -> dict[str, Any]:
     guided = guided_backprop_maps(model, image, last_conv, seed)
     relu_layers = count_relu_layers(model)
     # Guided backpropagation is defined through ReLUs; a swish network (EfficientNet) gets plain gradients.
@@ -266,14 +267,14 @@ def write_guided_backprop(model, image: np.ndarray, last_conv: str, out_dir: Pat
     }
 
 
-def write_gradcam(model, image: np.ndarray, last_conv: str, predicted: int, out_dir: Path, title: str) -> dict[str, Any]:
+def write_gradcam(model: Any, image: np.ndarray, last_conv: str, predicted: int, out_dir: Path, title: str) -> dict[str, Any]:
     cams = class_activation_maps(model, image, last_conv, predicted)
     plot_gradcam(image, cams, last_conv, out_dir / "gradcam.png", f"{title}: where the model looked")
     peak = lambda cam: [int(v) for v in np.unravel_index(cam.argmax(), cam.shape)]
     return {name: {"std": float(cam.std()), "max_at": peak(cam)} for name, cam in cams.items()}
 
 
-def gradcam_warnings(model, last_conv: str, image_size: int) -> list[str]:
+def gradcam_warnings(model: Any, last_conv: str, image_size: int) -> list[str]:
     """Grad-CAM on a 1x1 map has one cell: a uniform picture that shows nothing, said so instead of left blank."""
     height, width = (int(side) for side in model.get_layer(last_conv).output.shape[1:3])
     if height * width > 1:

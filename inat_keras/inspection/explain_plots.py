@@ -28,13 +28,13 @@ def grid_shape(count: int) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
-def space_grid(figure, rows: int) -> None:
+def space_grid(figure: Any, rows: int) -> None:
     """Room for panel titles and a two-line heading (constrained layout takes seconds on 64 panels)."""
     height = figure.get_figheight()
     figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 1.0 / height, wspace=0.1, hspace=0.35)
 
 
-def plot_filters(layer, path: Path, title: str) -> dict[str, Any]:
+def plot_filters(layer: Any, path: Path, title: str) -> dict[str, Any]:
 
     kernel = np.asarray(layer.get_weights()[0], dtype=np.float64)  # (kh, kw, in, out)
     if kernel.shape[2] == 3:
@@ -93,7 +93,7 @@ def plot_guided_backprop(image: np.ndarray, result: dict[str, Any], path: Path, 
         axis.axis("off")
     axes.flat[0].imshow(image)
     axes.flat[0].set_title("input image", fontsize=9)
-    neurons = zip(result["channels"], result["positions"], result["activations"])
+    neurons = zip(result["channels"], result["positions"], result["activations"], strict=True)
     for index, (channel, (y, x), activation) in enumerate(neurons):
         axis = axes.flat[index + 1]
         axis.imshow(as_picture(result["maps"][index]))
@@ -109,7 +109,7 @@ def plot_gradcam(image: np.ndarray, maps: dict[str, np.ndarray], layer: str, pat
     axes[0].imshow(image)
     axes[0].set_title("input image")
     axes[0].axis("off")
-    for axis, (name, cam) in zip(axes[1:], maps.items()):
+    for axis, (name, cam) in zip(axes[1:], maps.items(), strict=True):
         axis.imshow(image)
         shown = axis.imshow(cam, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
         axis.set_title(f"{name} on {layer}")

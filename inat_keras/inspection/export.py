@@ -25,15 +25,15 @@ from inat_keras.runs import split_test_rows
 from inat_keras.storage import read_json, write_json
 
 
-def export_savedmodel(model, path: Path) -> None:
+def export_savedmodel(model: Any, path: Path) -> None:
     model.export(str(path), format="tf_saved_model", verbose=False)
 
 
-def export_tflite(model, path: Path) -> None:
+def export_tflite(model: Any, path: Path) -> None:
     model.export(str(path), format="litert", verbose=False)
 
 
-def export_onnx(model, path: Path) -> None:
+def export_onnx(model: Any, path: Path) -> None:
     try:
         import onnxruntime  # noqa: F401  (checked here: Keras would only fail after the conversion)
         import tf2onnx  # noqa: F401
@@ -87,11 +87,11 @@ EXPORTERS = {"savedmodel": export_savedmodel, "tflite": export_tflite, "onnx": e
 RUNNERS = {"savedmodel": run_savedmodel, "tflite": run_tflite, "onnx": run_onnx}
 
 
-def is_mixed_precision(model) -> bool:
+def is_mixed_precision(model: Any) -> bool:
     return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
 
 
-def serving_model(model):
+def serving_model(model: Any) -> Any:
     """The model as a serving runtime should see it: float32 compute, no augmentation layers.
 
     A run trained on a GPU computes in mixed float16; TFLite's built-in interpreter cannot run
@@ -107,10 +107,10 @@ def serving_model(model):
     if not (mixed or augmented):
         return model
 
-    def as_float32(layer):
+    def as_float32(layer: Any) -> Any:
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
-    def skip_augmentation(layer, *args, **kwargs):
+    def skip_augmentation(layer: Any, *args: Any, **kwargs: Any) -> Any:
         return args[0] if is_augmentation_layer(layer) else layer(*args, **kwargs)
 
     # Without a dtype change the layers themselves are reused: same weights, nothing to copy.

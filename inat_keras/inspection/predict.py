@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -33,7 +33,8 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]
 
     A file reached twice (named and inside a named folder, or two overlapping folders) counts once.
     """
-    paths, failures = [], []
+    paths: list[str] = []
+    failures: list[dict[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -50,7 +51,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]
             paths.append(item)
         else:
             failures.append({"path": item, "error": "no such file or folder"})
-    first_named = {}
+    first_named: dict[str, str] = {}  # real path -> the path as first named
     for item in paths:
         first_named.setdefault(os.path.realpath(item), item)
     return list(first_named.values()), failures
@@ -71,7 +72,7 @@ def predict_paths(trained: TrainedModel, inputs: Sequence[str], *, k: int = 3, b
         report.failures.extend({"path": paths[i], "error": f"not a readable image ({error})"} for i, error in batch.failures)
         if not batch.indices:
             continue
-        for i, probabilities in zip(batch.indices, predict_probabilities(trained.model, batch.images)):
+        for i, probabilities in zip(batch.indices, predict_probabilities(trained.model, batch.images), strict=True):
             report.results.append({"path": paths[i], "predictions": top_k(probabilities, trained.class_names, k)})
     return report
 
@@ -89,7 +90,7 @@ def format_table(report: PredictionReport) -> str:
     return "\n".join(lines)
 
 
-def write_csv_rows(report: PredictionReport, stream) -> None:
+def write_csv_rows(report: PredictionReport, stream: TextIO) -> None:
     writer = csv.writer(stream)
     writer.writerow(("path", "rank", "class", "probability"))
     for result in report.results:

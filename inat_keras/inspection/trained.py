@@ -123,13 +123,13 @@ def image_batches(paths: Sequence[str], size: int, batch_size: int = 32) -> Iter
     for start in range(0, len(paths), batch_size):
         chunk = range(start, min(start + batch_size, len(paths)))
         decoded = list(decode_pool().map(lambda i: decode_or_error(paths[i], size), chunk))
-        good = [(i, image) for i, image in zip(chunk, decoded) if not isinstance(image, str)]
-        failures = [(i, image) for i, image in zip(chunk, decoded) if isinstance(image, str)]
+        good = [(i, image) for i, image in zip(chunk, decoded, strict=True) if not isinstance(image, str)]
+        failures = [(i, image) for i, image in zip(chunk, decoded, strict=True) if isinstance(image, str)]
         images = np.stack([image for _, image in good]) if good else np.zeros((0, size, size, 3), np.uint8)
         yield ImageBatch([i for i, _ in good], images, failures)
 
 
-def predict_probabilities(model, images: np.ndarray, *, flip: bool = False) -> np.ndarray:
+def predict_probabilities(model: Any, images: np.ndarray, *, flip: bool = False) -> np.ndarray:
     """Class probabilities for uint8 images; ``flip`` mirrors them left-right first (test-time augmentation)."""
     batch = images[:, :, ::-1] if flip else images
     return np.asarray(model.predict_on_batch(batch.astype(np.float32)), dtype=np.float64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import keras
 from keras import ops
@@ -19,7 +20,7 @@ from inat_keras.config import AUGMENT_PLACEMENTS, DataConfig
 from inat_keras.errors import UserError
 
 
-def reflect(coordinate, size):
+def reflect(coordinate: Any, size: Any) -> Any:
     """Pixel coordinates folded into [0, size - 1] by mirroring at the borders (d c b a | a b c d | d c b a)."""
     period = 2.0 * size
     folded = ops.mod(coordinate + 0.5, period) - 0.5
@@ -27,7 +28,7 @@ def reflect(coordinate, size):
     return ops.clip(folded, 0.0, size - 1.0)
 
 
-def bilinear_sample(images, rows, columns):
+def bilinear_sample(images: Any, rows: Any, columns: Any) -> Any:
     """``images`` (batch, height, width, channels) read at float pixel coordinates (batch, height, width) inside them."""
     batch, height, width, channels = ops.shape(images)
     top, left = ops.floor(rows), ops.floor(columns)
@@ -37,7 +38,7 @@ def bilinear_sample(images, rows, columns):
     pixels = ops.reshape(images, (-1, channels))
     image_start = (ops.arange(batch, dtype="int32") * (height * width))[:, None, None]
 
-    def at(row, column):
+    def at(row: Any, column: Any) -> Any:
         return ops.take(pixels, image_start + row * width + column, axis=0)
 
     upper = at(top, left) * (1.0 - right) + at(top, far_right) * right
@@ -45,7 +46,7 @@ def bilinear_sample(images, rows, columns):
     return upper * (1.0 - down) + lower * down
 
 
-def warp(images, scale, angle, shift_x, shift_y):
+def warp(images: Any, scale: Any, angle: Any, shift_x: Any, shift_y: Any) -> Any:
     """Each image resampled through its own affine map, borders reflected.
 
     The output pixel at offset (x, y) from the centre shows the input at ``scale`` times that offset
@@ -75,12 +76,14 @@ class RandomAffine(keras.layers.Layer):
     Images pass unchanged at inference (``training=False``), like Keras's random layers.
     """
 
-    def __init__(self, zoom_in: float = 0.4, shift: float = 0.1, rotation: float = 0.04, seed: int | None = None, **kwargs):
+    def __init__(
+        self, zoom_in: float = 0.4, shift: float = 0.1, rotation: float = 0.04, seed: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.zoom_in, self.shift, self.rotation, self.seed = zoom_in, shift, rotation, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, images, training=None):
+    def call(self, images: Any, training: bool | None = None) -> Any:
         if not training:
             return images
         shape = ops.shape(images)
@@ -94,10 +97,10 @@ class RandomAffine(keras.layers.Layer):
             shift_y=signed[:, 3] * self.shift * ops.cast(shape[1], "float32"),
         )
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "zoom_in": self.zoom_in,
@@ -107,7 +110,7 @@ class RandomAffine(keras.layers.Layer):
         }
 
 
-def load_model(path: str | os.PathLike, **kwargs):
+def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
     """``keras.models.load_model``, with this module's layers registered first (importing it does that)."""
     return keras.models.load_model(path, **kwargs)
 
@@ -118,7 +121,7 @@ def load_model(path: str | os.PathLike, **kwargs):
 AUGMENT_PREFIX = "augment_"
 
 
-def augmentation_layers(seed: int | None = None) -> list:
+def augmentation_layers(seed: int | None = None) -> list[keras.layers.Layer]:
     """Random zoom in, shift and small rotation (one warp), horizontal flip, colour jitter.
 
     Keras layers (the warp is ours: ``augment.RandomAffine``, which XLA compiles): they change
@@ -129,7 +132,7 @@ def augmentation_layers(seed: int | None = None) -> list:
 
     # float32 whatever the mixed-precision policy: float16 arithmetic on a CPU is emulated (slower) and
     # rounds 0-255 pixel values.
-    f32 = {"seed": seed, "dtype": "float32"}
+    f32: dict[str, Any] = {"seed": seed, "dtype": "float32"}
     return [
         RandomAffine(zoom_in=0.4, shift=0.1, rotation=0.04, name=f"{AUGMENT_PREFIX}affine", **f32),
         keras.layers.RandomFlip("horizontal", name=f"{AUGMENT_PREFIX}flip", **f32),
@@ -144,11 +147,11 @@ def augmentation_layers(seed: int | None = None) -> list:
     ]
 
 
-def is_augmentation_layer(layer) -> bool:
+def is_augmentation_layer(layer: keras.layers.Layer) -> bool:
     return layer.name.startswith(AUGMENT_PREFIX)
 
 
-def make_augmentation(seed: int | None = None):
+def make_augmentation(seed: int | None = None) -> keras.Sequential:
     """The augmentation layers as one Sequential, for the tf.data map."""
     import keras
 
@@ -174,6 +177,6 @@ def augments_in_model(config: DataConfig) -> bool:
     return config.augment and resolve_augment_placement(config.augment_placement) == "model"
 
 
-def augmentation_for_model(config: DataConfig) -> list | None:
+def augmentation_for_model(config: DataConfig) -> list[keras.layers.Layer] | None:
     """The layers a model builder puts after its input, or None when the pipeline augments."""
     return augmentation_layers(config.seed) if augments_in_model(config) else None

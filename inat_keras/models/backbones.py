@@ -43,7 +43,7 @@ class Backbone:
 
         return getattr(keras.applications, self.module).preprocess_input
 
-    def build(self, **kwargs):
+    def build(self, **kwargs: Any) -> Any:
         import keras
 
         return getattr(keras.applications, self.constructor)(include_top=False, **dict(self.extra_kwargs), **kwargs)
@@ -110,7 +110,7 @@ def download_failure_message(backbone: Backbone, error: Exception) -> str:
     )
 
 
-def build_backbone_on(backbone: Backbone, tensor, weights: str | None):
+def build_backbone_on(backbone: Backbone, tensor: Any, weights: str | None) -> Any:
     """The backbone built on ``tensor`` (so its layers join the caller's graph), with its weights loaded."""
     try:
         return backbone.build(weights=weights, input_tensor=tensor)
@@ -131,7 +131,7 @@ def build_backbone_on(backbone: Backbone, tensor, weights: str | None):
 # -- the model -------------------------------------------------------------------------------
 
 
-def preprocess(backbone: Backbone, images):
+def preprocess(backbone: Backbone, images: Any) -> Any:
     """The backbone's ``preprocess_input`` with built-in, weightless operations (so saved models load anywhere)."""
     import keras
 

@@ -30,7 +30,7 @@ def build_cnn(
     inputs = keras.Input(shape=(config.input_size, config.input_size, 3), name="image")
     x = apply_layers(augmentation or (), inputs)
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
-    for index, (filters, kernel) in enumerate(zip(config.block_filters(), config.block_kernels()), start=1):
+    for index, (filters, kernel) in enumerate(zip(config.block_filters(), config.block_kernels(), strict=True), start=1):
         # A bias before BatchNormalization is cancelled by its mean subtraction.
         x = keras.layers.Conv2D(
             filters,
@@ -65,7 +65,7 @@ def build_cnn(
     return keras.Model(inputs, outputs, name="scratch_cnn")
 
 
-def apply_layers(layers: Sequence[keras.layers.Layer], x):
+def apply_layers(layers: Sequence[keras.layers.Layer], x: Any) -> Any:
     """Call ``layers`` in turn: each stays a layer of the model, which remains one flat graph."""
     for layer in layers:
         x = layer(x)
@@ -75,7 +75,7 @@ def apply_layers(layers: Sequence[keras.layers.Layer], x):
 def _feature_shapes(config: CNNConfig) -> list[tuple[int, int, int, int, int]]:
     """(input side, kernel, in channels, out channels, output side after pooling) per block."""
     side, channels, shapes = config.input_size, 3, []
-    for filters, kernel in zip(config.block_filters(), config.block_kernels()):
+    for filters, kernel in zip(config.block_filters(), config.block_kernels(), strict=True):
         pooled = side // 2  # 2x2 max pooling, stride 2, "valid": floor
         shapes.append((side, kernel, channels, filters, pooled))
         side, channels = pooled, filters
@@ -83,7 +83,7 @@ def _feature_shapes(config: CNNConfig) -> list[tuple[int, int, int, int, int]]:
 
 
 def _head_inputs(config: CNNConfig) -> int:
-    side, _, _, channels, pooled = _feature_shapes(config)[-1]
+    _, _, _, channels, pooled = _feature_shapes(config)[-1]
     return pooled * pooled * channels if config.pooling == "flatten" else channels
 
 
@@ -151,7 +151,7 @@ def layer_macs(model: keras.Model) -> int:
 
 def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """Every layer of ``model``, nested models opened."""
-    layers = []
+    layers: list[keras.layers.Layer] = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             layers.extend(all_layers(layer))

@@ -22,7 +22,7 @@ def cnn_config(config: RunConfig, num_classes: int) -> CNNConfig:
     return model
 
 
-def build_model(config: RunConfig, num_classes: int):
+def build_model(config: RunConfig, num_classes: int) -> Any:
     """The model a run's config describes (scratch CNN or transfer backbone)."""
     augmentation = augmentation_for_model(config.data)
     if config.kind == "scratch":
@@ -42,7 +42,7 @@ def complete_model_settings(config: RunConfig, num_classes: int) -> dict[str, An
     return architecture(cnn_config(config, num_classes))
 
 
-def model_counts(config: RunConfig, model, num_classes: int) -> dict[str, int]:
+def model_counts(config: RunConfig, model: Any, num_classes: int) -> dict[str, int]:
     """Parameters and multiply-accumulates; analytic for the scratch CNN."""
     trainable = int(sum(math.prod(w.shape) for w in model.trainable_weights))
     if config.kind == "scratch":
@@ -51,7 +51,7 @@ def model_counts(config: RunConfig, model, num_classes: int) -> dict[str, int]:
     return {"num_params": int(model.count_params()), "macs": layer_macs(model), "trainable_params": trainable}
 
 
-def build_transfer_from_config(config: RunConfig, num_classes: int, augmentation: Sequence[Any] | None = None):
+def build_transfer_from_config(config: RunConfig, num_classes: int, augmentation: Sequence[Any] | None = None) -> Any:
     """The model of a ``transfer`` run, trainable as its final (or only) phase asks."""
     model_config = transfer_config(config, num_classes)
     return build_transfer(

@@ -43,7 +43,7 @@ def build_transfer(
     dropout: float = 0.2,
     dense_units: list[int] | tuple[int, ...] = (),
     augmentation: Sequence[Any] | None = None,
-):
+) -> Any:
     """A ``keras.applications`` backbone with a new ``num_classes``-way head, as one flat model.
 
     ``weights``: "imagenet" (through Keras's download cache), ``None``, or a local no-top weights
@@ -76,7 +76,7 @@ def build_transfer(
     return model
 
 
-def check_head(num_classes: int, dropout: float, dense_units) -> None:
+def check_head(num_classes: int, dropout: float, dense_units: Sequence[int]) -> None:
     if num_classes < 2:
         raise UserError(f"{num_classes} class(es): a classifier needs at least 2")
     if not 0.0 <= dropout < 1.0:
@@ -88,7 +88,7 @@ def check_head(num_classes: int, dropout: float, dense_units) -> None:
 # -- freezing -------------------------------------------------------------------------------
 
 
-def is_own_layer(layer) -> bool:
+def is_own_layer(layer: Any) -> bool:
     """A layer this module added (input, preprocessing, head), not one of the backbone's."""
     name = layer.name
     return (
@@ -98,17 +98,17 @@ def is_own_layer(layer) -> bool:
     )
 
 
-def backbone_layers(model) -> list:
+def backbone_layers(model: Any) -> list[Any]:
     """The backbone's layers in the order they appear in it (input side first)."""
     return [layer for layer in model.layers if not is_own_layer(layer)]
 
 
-def head_layers(model) -> list:
+def head_layers(model: Any) -> list[Any]:
     """The layers after the pooled features, in order."""
     return [layer for layer in model.layers if layer.name.startswith(HEAD_PREFIX) or layer.name == PREDICTIONS_NAME]
 
 
-def set_trainable(model, unfreeze: int | str) -> None:
+def set_trainable(model: Any, unfreeze: int | str) -> None:
     """Head trainable; the top ``unfreeze`` backbone layers too (or all); never BatchNormalization.
 
     Call ``compile`` afterwards: Keras fixes the set of trained weights when a model is compiled.
@@ -117,7 +117,8 @@ def set_trainable(model, unfreeze: int | str) -> None:
 
     unfreeze = parse_unfreeze(unfreeze)
     layers = backbone_layers(model)
-    count = len(layers) if unfreeze == "all" else min(unfreeze, len(layers))
+    # parse_unfreeze returns "all" or a count, so a str here is "all".
+    count = len(layers) if isinstance(unfreeze, str) else min(unfreeze, len(layers))
     for index, layer in enumerate(layers):
         unfrozen = index >= len(layers) - count
         layer.trainable = unfrozen and not isinstance(layer, keras.layers.BatchNormalization)
@@ -125,11 +126,11 @@ def set_trainable(model, unfreeze: int | str) -> None:
         layer.trainable = True
 
 
-def count_trainable(model) -> int:
+def count_trainable(model: Any) -> int:
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
-def calibrate_batch_norm(model, images) -> None:
+def calibrate_batch_norm(model: Any, images: Any) -> None:
     """Set every BatchNormalization's statistics from one batch, for a backbone without pretrained weights.
 
     A randomly initialised backbone whose BatchNormalization layers are frozen at their initial
@@ -146,7 +147,7 @@ def calibrate_batch_norm(model, images) -> None:
     try:
         model(images, training=True)
     finally:
-        for layer, (trainable, momentum) in zip(norms, saved):
+        for layer, (trainable, momentum) in zip(norms, saved, strict=True):
             layer.trainable, layer.momentum = trainable, momentum
 
 

@@ -70,7 +70,7 @@ def finding(name: str, trials: list[TrialRecord], row: dict[str, Any] | None) ->
     if is_categorical(name, done):
         groups: dict[str, list[float]] = {}
         for t in done:
-            groups.setdefault(str(t.values.get(name)), []).append(t.accuracy)
+            groups.setdefault(str(t.values.get(name)), []).append(t.completed_accuracy)
         means = sorted(((sum(v) / len(v), k, len(v)) for k, v in groups.items()), reverse=True)
         parts = [f"{k} {m:.3f} over {n} trial{'s' * (n > 1)}" for m, k, n in means]
         weak = row is not None and math.isfinite(row["importance"]) and row["importance"] < WEAK_IMPORTANCE
@@ -107,7 +107,7 @@ def summary_text(title: str, trials: list[TrialRecord], names: list[str], rows: 
     lines += [
         f"Best validation accuracy **{best.accuracy:.4f}** (trial {best.trial_id}"
         + (f", {seconds:.0f} s" if seconds is not None else "")
-        + f"); the median of the completed trials is {statistics.median(t.accuracy for t in done):.4f}.",
+        + f"); the median of the completed trials is {statistics.median(t.completed_accuracy for t in done):.4f}.",
         "",
         "## Best trials",
         "",
@@ -136,7 +136,8 @@ def summary_text(title: str, trials: list[TrialRecord], names: list[str], rows: 
     if len(done) < FEW_TRIALS:
         lines += [
             "",
-            f"With {len(done)} completed trial{'s' * (len(done) != 1)} these are hints, not conclusions: run more trials to confirm them.",
+            f"With {len(done)} completed trial{'s' * (len(done) != 1)} these are hints, not conclusions: "
+            "run more trials to confirm them.",
         ]
     return "\n".join([*lines, ""])
 

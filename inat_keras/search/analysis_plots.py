@@ -16,16 +16,17 @@ from inat_keras.search.trials import TrialRecord, is_categorical, is_log, ranked
 def plot_accuracy_vs_created(trials: list[TrialRecord], path: Path, title: str) -> None:
 
     plt = pyplot()
-    timed = sorted((t for t in trials if t.completed and t.start), key=lambda t: t.start)
+    # (start, trial) pairs, so the start is known not to be None where it is used.
+    timed = sorted(((start, t) for t in trials if t.completed and (start := t.start)), key=lambda pair: pair[0])
     figure, axis = plt.subplots(figsize=(8, 4.5))
     if timed:
-        starts = [t.start for t in timed]
-        accuracy = [t.accuracy for t in timed]
+        starts = [start for start, _ in timed]
+        accuracy = [t.completed_accuracy for _, t in timed]
         best = [max(accuracy[: i + 1]) for i in range(len(accuracy))]
         axis.scatter(starts, accuracy, c=accuracy, cmap="viridis", zorder=3, label="trial")
         axis.step(starts, best, where="post", color="tab:red", label="best so far")
-        for t in timed:
-            axis.annotate(t.trial_id, (t.start, t.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for start, t in timed:
+            axis.annotate(t.trial_id, (start, t.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
         axis.legend(loc="lower right")
         figure.autofmt_xdate()
     else:
@@ -59,7 +60,7 @@ def plot_parallel_coordinates(trials: list[TrialRecord], names: list[str], space
     axes_names = [*names, OBJECTIVE]
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(axes_names)), 5))
     if done:
-        accuracy = [t.accuracy for t in done]
+        accuracy = [t.completed_accuracy for t in done]
         norm = matplotlib.colors.Normalize(
             min(accuracy), max(accuracy) if max(accuracy) > min(accuracy) else min(accuracy) + 1e-9
         )
@@ -72,8 +73,8 @@ def plot_parallel_coordinates(trials: list[TrialRecord], names: list[str], space
             axis.axvline(x, color="0.3", linewidth=1)
             for position, label in ticks:
                 axis.text(x + 0.03, position, label, fontsize=7, va="center")
-        for i, t in enumerate(done):
-            axis.plot(range(len(axes_names)), [c[i] for c in columns], color=cmap(norm(t.accuracy)), linewidth=1.8, alpha=0.85)
+        for i, value in enumerate(accuracy):  # one per trial of done, in its order
+            axis.plot(range(len(axes_names)), [c[i] for c in columns], color=cmap(norm(value)), linewidth=1.8, alpha=0.85)
         figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axis, label="validation accuracy")
     axis.set_xticks(range(len(axes_names)), axes_names, rotation=30, ha="right")
     axis.set_yticks([])

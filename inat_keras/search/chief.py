@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from inat_keras.errors import UserError
 
@@ -27,7 +28,7 @@ def tuner_role(environ: dict[str, str] | os._Environ = os.environ) -> str:
     return "chief" if "chief" in environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
-def serve_oracle(oracle, poll_seconds: float = 0.2) -> None:
+def serve_oracle(oracle: Any, poll_seconds: float = 0.2) -> None:
     """KerasTuner's chief server (``oracle_chief.start_server``), polling for the end every 0.2 s.
 
     KerasTuner's own loop sleeps 20 s between checks once the first worker is told to stop.

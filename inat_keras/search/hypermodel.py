@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import keras_tuner as kt
 
 from inat_keras.config import RunConfig
+from inat_keras.data.files import DatasetSplit
 from inat_keras.data.pipeline import batched, cached_images
 from inat_keras.models.factory import build_model
 from inat_keras.search.space import OBJECTIVE, declare, trial_config
 from inat_keras.training.finetune import fit_transfer
 from inat_keras.training.runtime import compile_model, set_precision
-from inat_keras.training.tracking import start_wandb
+from inat_keras.training.tracking import WandbRun, start_wandb
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Early stopping inside a trial when --early-stopping does not set it: a trial that stalls for
 # three epochs rarely becomes the best one, and the budget goes to the next trial instead.
@@ -26,14 +31,14 @@ TRIAL_PATIENCE = 3
 class TrialModels(kt.HyperModel):
     """Builds and trains one trial's model from the run's base config and the trial's values."""
 
-    def __init__(self, base: RunConfig, space: dict[str, Any], split, search_dir: Path) -> None:
+    def __init__(self, base: RunConfig, space: dict[str, Any], split: DatasetSplit, search_dir: Path) -> None:
         super().__init__(name=base.kind)
         self.base, self.space, self.split, self.search_dir = base, space, split, search_dir
         self.num_classes = len(split.class_names)
         self.images: dict[str, Any] = {}
         self.executions: dict[str, int] = {}
 
-    def build(self, hp):
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
         config = trial_config(self.base, declare(hp, self.space, self.base))
         # KerasTuner clears the Keras session before each build, which resets the precision policy.
         set_precision(config.train.mixed_precision)
@@ -41,7 +46,18 @@ class TrialModels(kt.HyperModel):
         compile_model(model, config, steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
         return model
 
-    def fit(self, hp, model, *args, trial_id: str, callbacks=(), verbose="auto", epochs=None, initial_epoch=0, **kwargs):
+    def fit(
+        self,
+        hp: kt.HyperParameters,
+        model: keras.Model,
+        *args: Any,
+        trial_id: str,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        verbose: int | str = "auto",
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        **kwargs: Any,
+    ) -> keras.callbacks.History:
         config = trial_config(self.base, hp.values)
         patience = config.train.early_stopping or TRIAL_PATIENCE
         # One History over all of fit_transfer's phases (each model.fit call starts its own).
@@ -78,7 +94,7 @@ class TrialModels(kt.HyperModel):
             wandb_run.finish()
         return history
 
-    def datasets(self, config: RunConfig):
+    def datasets(self, config: RunConfig) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         """Images decoded and cached once for the whole search; batched per trial (batch size, augmentation)."""
         if not self.images:
             for subset in ("train", "validation"):
@@ -89,7 +105,7 @@ class TrialModels(kt.HyperModel):
             batched(self.images["validation"], config.data, len(self.split.validation), training=False),
         )
 
-    def start_tracking(self, config: RunConfig, trial_id: str, values: dict[str, Any]):
+    def start_tracking(self, config: RunConfig, trial_id: str, values: dict[str, Any]) -> WandbRun | None:
         execution = self.executions[trial_id] = self.executions.get(trial_id, 0) + 1
         name = f"{self.base.name}-trial-{trial_id}" + (f"-{execution}" if execution > 1 else "")
         tracking = dataclasses.replace(config.tracking, group=config.tracking.group or self.base.name)
@@ -103,14 +119,14 @@ class TrialModels(kt.HyperModel):
 
 
 def fit_transfer_trial(
-    model,
+    model: keras.Model,
     config: RunConfig,
     datasets: dict[str, Any],
-    callbacks: list,
+    callbacks: list[keras.callbacks.Callback],
     *,
     budget: int,
     initial_epoch: int,
-    verbose,
+    verbose: int | str,
     steps_per_epoch: int,
 ) -> None:
     """A fine-tuning trial through the run's phases (head, then unfreezing), stopped at the trial's epoch budget."""
@@ -137,7 +153,7 @@ class EpochBudget(keras.callbacks.Callback):
         super().__init__()
         self.state, self.budget = state, budget
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.state["epochs_done"] = epoch + 1
         if self.state["epochs_done"] >= self.budget or self.model.stop_training:
             self.state["stopped"] = "budget"

@@ -59,9 +59,9 @@ def run_search(
         )
     role = tuner_role()
     configure_devices()
-    resolve_data_dir(base)
-    discover_dataset(base.data.data_dir)  # the folder layout first: it costs no decoding
-    data_report = check_before_training(base.data.data_dir, skip_bad=base.data.skip_bad, log=log)
+    data_dir = resolve_data_dir(base)
+    discover_dataset(data_dir)  # the folder layout first: it costs no decoding
+    data_report = check_before_training(data_dir, skip_bad=base.data.skip_bad, log=log)
     split = make_split(base.data, exclude=data_report.bad_paths)
     check_space_fits(base, settings.space, len(split.class_names))
     search_dir = run_dir_of(base) / SEARCH_DIR

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ def fraction(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
-def one_of(options) -> Callable[[Any], str | None]:
+def one_of(options: Collection[Any]) -> Callable[[Any], str | None]:
     return lambda value: None if value in options else f"choose among {', '.join(map(str, options))}"
 
 
@@ -232,9 +232,9 @@ def resolve_space(kind: str, space_file: str | None = None, pinned: set[str] | f
     return {name: normalise_entry(name, entry, parameters[name], source) for name, entry in space.items()}
 
 
-def declare(hp, space: dict[str, Any], base: RunConfig) -> dict[str, Any]:
+def declare(hp: Any, space: dict[str, Any], base: RunConfig) -> dict[str, Any]:
     """Declare the space on a KerasTuner ``HyperParameters`` and return this trial's values."""
-    values = {}
+    values: dict[str, Any] = {}
     for name, entry in space.items():
         if name == "kernel_size_per_block":
             for block in range(1, most_blocks(space, base.model.get("num_blocks", 5)) + 1):
@@ -244,7 +244,7 @@ def declare(hp, space: dict[str, Any], base: RunConfig) -> dict[str, Any]:
     return values
 
 
-def declare_one(hp, name: str, entry: Any, kind: type) -> Any:
+def declare_one(hp: Any, name: str, entry: Any, kind: type) -> Any:
     if isinstance(entry, dict):
         numeric = hp.Int if kind is int else hp.Float
         sampling = "log" if entry["log"] else "linear"

@@ -37,6 +37,14 @@ class TrialRecord:
         return self.status == "COMPLETED" and self.accuracy is not None
 
     @property
+    def completed_accuracy(self) -> float:
+        """The accuracy of a completed trial (``ranked`` returns only those), typed as never None."""
+        accuracy = self.accuracy
+        if accuracy is None:
+            raise ValueError(f"trial {self.trial_id} has no {OBJECTIVE}: it has not completed")
+        return accuracy
+
+    @property
     def start(self) -> datetime | None:
         started = self.metrics.get("trial_start")
         return datetime.fromtimestamp(started) if started else None
@@ -44,7 +52,8 @@ class TrialRecord:
 
 def read_trials(search_dir: Path) -> tuple[list[TrialRecord], dict[str, dict[str, Any]]]:
     """The trials in id order, and the space: name -> KerasTuner's hyperparameter config (class_name, config)."""
-    trials, space = [], {}
+    trials: list[TrialRecord] = []
+    space: dict[str, dict[str, Any]] = {}
     for path in sorted(search_dir.glob("trial_*/trial.json")):
         # The format is KerasTuner's Trial.get_state(); parsed here so the analysis needs no TensorFlow.
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -95,7 +104,7 @@ def trial_rows(trials: list[TrialRecord], names: list[str]) -> tuple[list[str], 
 
 
 def ranked(trials: list[TrialRecord]) -> list[TrialRecord]:
-    return sorted((t for t in trials if t.completed), key=lambda t: -t.accuracy)
+    return sorted((t for t in trials if t.completed), key=lambda t: -t.completed_accuracy)
 
 
 def best_record(trials: list[TrialRecord]) -> dict[str, Any] | None:
@@ -115,7 +124,8 @@ def encode(trials: list[TrialRecord], names: list[str], space: dict[str, Any]) -
     """Feature columns: numbers as they are (log10 for log-sampled ones), booleans 0/1, text one-hot."""
     columns, features = [], []
     for name in names:
-        values = [t.values.get(name) for t in trials]
+        # As KerasTuner stored them; a value a trial lacks is None (for text, the category "None").
+        values: list[Any] = [t.values.get(name) for t in trials]
         if isinstance(values[0], str):
             for category in sorted({str(v) for v in values}):
                 columns.append(f"{name}={category}")
@@ -144,7 +154,7 @@ def parameter_importance(trials: list[TrialRecord], names: list[str], space: dic
         forest = RandomForestRegressor(n_estimators=300, random_state=0, min_samples_leaf=1)
         importances = forest.fit(matrix, accuracy).feature_importances_.tolist()
     rows = []
-    for column, values, importance in zip(columns, features, importances):
+    for column, values, importance in zip(columns, features, importances, strict=True):
         constant = np.ptp(values) == 0 or np.ptp(accuracy) == 0
         correlation = math.nan if constant else float(spearmanr(values, accuracy).statistic)
         rows.append({"parameter": column, "importance": importance, "correlation": correlation, "trials": len(done)})

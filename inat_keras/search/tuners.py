@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import keras_tuner as kt
 import numpy as np
@@ -18,13 +19,15 @@ from inat_keras.storage import write_json
 HYPERBAND_FACTOR = 3
 
 
-class AtomicStateFiles:
+# The two mixins below derive from the KerasTuner class they extend, so their methods see its attributes. The
+# classes that combine them keep the same method resolution order: mixin, then KerasTuner's tuner or oracle.
+class AtomicStateFiles(kt.Oracle):
     """KerasTuner writes oracle.json and trial.json in place; a kill mid-write would leave them unreadable."""
 
-    def save(self):
+    def save(self) -> None:
         write_json(self._get_oracle_fname(), self.get_state())
 
-    def _save_trial(self, trial):
+    def _save_trial(self, trial: kt.engine.trial.Trial) -> None:
         write_json(Path(self._get_trial_dir(trial.trial_id)) / "trial.json", trial.get_state())
 
 
@@ -40,18 +43,18 @@ class HyperbandOracle(AtomicStateFiles, kt.oracles.HyperbandOracle):
     pass
 
 
-class TrialRecording:
+class TrialRecording(kt.Tuner):
     """Runs a trial, then reports its best-epoch metrics with its start time and duration.
 
     Returning them as metrics sends them through the oracle (and over gRPC in a distributed
     search), so the chief's ``trial.json`` files hold everything the sweep analysis needs.
     """
 
-    def __init__(self, oracle, **kwargs):
+    def __init__(self, oracle: kt.Oracle, **kwargs: Any) -> None:
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)  # the tuner classes only add their own oracle
         self.trials_run: list[str] = []
 
-    def run_trial(self, trial, *args, **kwargs):
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
         started = time.time()
         self.trials_run.append(trial.trial_id)
         histories = super().run_trial(trial, *args, trial_id=trial.trial_id, **kwargs)
@@ -71,7 +74,7 @@ class HyperbandSearch(TrialRecording, kt.Hyperband):
 
 
 # --tuner: (oracle, tuner)
-TUNER_CLASSES: dict[str, tuple[type, type]] = {
+TUNER_CLASSES: dict[str, tuple[type[AtomicStateFiles], type[TrialRecording]]] = {
     "bayes": (BayesianOracle, BayesianSearch),
     "random": (RandomOracle, RandomSearch),
     "hyperband": (HyperbandOracle, HyperbandSearch),

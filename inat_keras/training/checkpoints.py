@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inat_keras.errors import UserError, brief
 from inat_keras.models.augment import load_model
@@ -24,13 +24,13 @@ from inat_keras.training.faults import failed_writes_as_user_errors, sigint_defe
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-def _keras_callback_base():
+def _keras_callback_base() -> Any:
     import keras
 
     return keras.callbacks.Callback
 
 
-def save_model_atomically(model, path: Path) -> None:
+def save_model_atomically(model: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: model.save(tmp))
 
 
@@ -58,7 +58,14 @@ def finish_best_commit(run_dir: Path, state: dict[str, Any]) -> None:
             publish_best(run_dir, checkpoint)
 
 
-class EpochCheckpoint(_keras_callback_base()):
+if TYPE_CHECKING:
+    from keras.callbacks import Callback as KerasCallback
+else:
+    # At run time the base comes from a function, keeping keras out of this module's imports; mypy reads it from keras.
+    KerasCallback = _keras_callback_base()
+
+
+class EpochCheckpoint(KerasCallback):
     """After each epoch: best model, last checkpoint, history, and the state that names them.
 
     ``state.json`` is written last and is the commit point: a kill at any moment leaves the
@@ -74,17 +81,17 @@ class EpochCheckpoint(_keras_callback_base()):
         self.title = title
         self._epoch_start = 0.0
         # The model to save when fit trains only part of it (the head on cached features).
-        self.saved_model = None
+        self.saved_model: Any = None
 
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch_start = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # Ctrl-C waits until the epoch is saved, so an interrupt never loses a finished epoch.
         with sigint_deferred(), failed_writes_as_user_errors(self.run_dir):
             self.save_epoch(epoch, logs)
 
-    def save_epoch(self, epoch: int, logs=None) -> None:
+    def save_epoch(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         import keras
 
         logs = {key: float(value) for key, value in (logs or {}).items()}
@@ -138,7 +145,7 @@ def load_state(run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     return read_run_json(path, fix=f"delete it to train {run_dir} again from epoch 1")
 
 
-def load_checkpoint(run_dir: Path, name: str):
+def load_checkpoint(run_dir: Path, name: str) -> Any:
 
     path = run_dir / CHECKPOINT_DIR / name
     if not path.is_file():

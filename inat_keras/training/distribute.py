@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class Distribution:
     def is_chief(self) -> bool:
         return self.task.is_chief
 
-    def scope(self):
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
         """Build, load and compile models inside this: their variables are then mirrored."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
@@ -128,7 +128,7 @@ def make_distribution(mode: str, environ: Mapping[str, str] = os.environ) -> Dis
     return Distribution(mode, strategy.num_replicas_in_sync, task, strategy)
 
 
-def shard_by_data(dataset, distribution: Distribution):
+def shard_by_data(dataset: Any, distribution: Distribution) -> Any:
     """Tell TensorFlow to split a file-list dataset by element across workers.
 
     The pipeline starts from a list of paths, not from files TensorFlow reads itself, so
@@ -184,7 +184,7 @@ def describe_scaling(report: dict[str, Any]) -> str:
     )
 
 
-def adapt_model_to_multiworker(model, distribution: Distribution) -> None:
+def adapt_model_to_multiworker(model: Any, distribution: Distribution) -> None:
     """Work around two Keras 3 bugs that stop ``fit`` under MultiWorkerMirroredStrategy.
 
     Keras reduces the first (images, labels) batch as one tuple to build the model, which the
@@ -201,14 +201,14 @@ def adapt_model_to_multiworker(model, distribution: Distribution) -> None:
     strategy = distribution.strategy
     build = model._maybe_symbolic_build
 
-    def build_from_local_batch(iterator=None, data_batch=None):
+    def build_from_local_batch(iterator: Any = None, data_batch: Any = None) -> None:
         if iterator is not None:
             for _, _, batches in iterator:
                 data_batch = keras.tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], next(batches))
                 break
         build(data_batch=data_batch)
 
-    def with_leading_axis(step):
+    def with_leading_axis(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return lambda data: keras.tree.map_structure(lambda value: tf.reshape(value, [1]), step(data))
 
     model._maybe_symbolic_build = build_from_local_batch

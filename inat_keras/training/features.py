@@ -20,14 +20,14 @@ from inat_keras.training.checkpoints import EpochCheckpoint
 from inat_keras.training.runtime import training_metrics
 
 
-def feature_extractor(model):
+def feature_extractor(model: Any) -> Any:
     """The full model cut at the pooled features (same layers, same weights)."""
     import keras
 
     return keras.Model(model.input, model.get_layer(FEATURES_NAME).output, name="features")
 
 
-def extract_features(extractor, dataset) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(extractor: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features and labels of every batch of ``dataset``, in inference mode."""
     features, labels = [], []
     for images, batch_labels in dataset:
@@ -37,7 +37,7 @@ def extract_features(extractor, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(labels)
 
 
-def head_model(model):
+def head_model(model: Any) -> Any:
     """A model from pooled features to labels made of the full model's own head layers."""
     import keras
 
@@ -48,7 +48,7 @@ def head_model(model):
     return keras.Model(features, x, name="head")
 
 
-def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle_seed: int | None):
+def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle_seed: int | None) -> Any:
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
@@ -58,7 +58,7 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *
 
 
 def fit_head_on_features(
-    model, config: RunConfig, datasets: dict[str, Any], fit_kwargs: dict[str, Any], *, log: Callable[[str], None]
+    model: Any, config: RunConfig, datasets: dict[str, Any], fit_kwargs: dict[str, Any], *, log: Callable[[str], None]
 ) -> None:
     """Train ``model``'s head on cached features; ``model`` must be compiled (its optimizer is shared)."""
 

@@ -66,7 +66,7 @@ def uses_feature_cache(config: RunConfig, phases: list[Phase]) -> bool:
 
 
 def fit_transfer(
-    model,
+    model: Any,
     config: RunConfig,
     datasets: dict[str, Any],
     state: dict[str, Any],
@@ -104,7 +104,12 @@ def fit_transfer(
                 f"phase {phase.name}: epochs {phase.first_epoch + 1}-{phase.last_epoch}, "
                 f"{count_trainable(model):,} trainable parameters, learning rate {phase.learning_rate * scale:g}"
             )
-        fit_kwargs = dict(epochs=phase.last_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=verbose)
+        fit_kwargs: dict[str, Any] = {
+            "epochs": phase.last_epoch,
+            "initial_epoch": state["epochs_done"],
+            "callbacks": callbacks,
+            "verbose": verbose,
+        }
         if cached:
             fit_head_on_features(model, config, datasets, fit_kwargs, log=log)
         else:
@@ -126,6 +131,6 @@ def validate_transfer(config: RunConfig, num_classes: int) -> None:
     plan_phases(config)
 
 
-def apply_final_trainability(model, config: RunConfig) -> None:
+def apply_final_trainability(model: Any, config: RunConfig) -> None:
     """Trainable as the run's last phase asks (what metrics.json reports as trainable_params)."""
     set_trainable(model, plan_phases(config)[-1].unfreeze)

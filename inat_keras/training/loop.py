@@ -73,7 +73,8 @@ class RunResult:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def resolve_data_dir(config: RunConfig) -> None:
+def resolve_data_dir(config: RunConfig) -> str:
+    """The dataset folder: ``--data``, or with ``--demo`` the embedded digits (then recorded in ``config``)."""
     if config.data.data_dir is None:
         if not config.demo:
             raise UserError(
@@ -81,6 +82,7 @@ def resolve_data_dir(config: RunConfig) -> None:
                 "or --demo to try the embedded digits"
             )
         config.data.data_dir = str(demo_dataset_dir())
+    return config.data.data_dir
 
 
 def train_run(
@@ -142,12 +144,12 @@ def checked_split(
     config: RunConfig, run_dir: Path, *, resume: bool, log: Callable[[str], None]
 ) -> tuple[DatasetSplit, DataReport]:
     """The data check, then the split: a new one, or the resumed run's own ``split.csv``."""
-    resolve_data_dir(config)
+    data_dir = resolve_data_dir(config)
     # Recorded resolved: a resumed run then augments where its checkpointed model expects, on any machine.
     config.data.augment_placement = resolve_augment_placement(config.data.augment_placement)
     if not resume:
-        discover_dataset(config.data.data_dir)  # the folder layout first: it costs no decoding
-    data_report = check_before_training(config.data.data_dir, skip_bad=config.data.skip_bad, log=log)
+        discover_dataset(data_dir)  # the folder layout first: it costs no decoding
+    data_report = check_before_training(data_dir, skip_bad=config.data.skip_bad, log=log)
     if not resume:
         return make_split(config.data, exclude=data_report.bad_paths), data_report
     class_names = read_json(run_dir / CONFIG_FILE)["class_names"]
@@ -325,7 +327,9 @@ def finish_run(
     return RunResult(run_dir, metrics, messages)
 
 
-def evaluate_best(run_dir: Path, split, config: RunConfig, num_classes: int, state, counts) -> dict[str, Any]:
+def evaluate_best(
+    run_dir: Path, split: DatasetSplit, config: RunConfig, num_classes: int, state: dict[str, Any], counts: dict[str, int]
+) -> dict[str, Any]:
 
     best = load_model(run_dir / BEST_MODEL)
     test = make_dataset(split.test, config.data, num_classes, training=False, cache_name="test")

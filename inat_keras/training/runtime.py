@@ -23,7 +23,7 @@ def set_precision(mixed_precision: str) -> str:
     return policy
 
 
-def make_optimizer(config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None):
+def make_optimizer(config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None) -> Any:
     import keras
 
     train = config.train
@@ -46,7 +46,7 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, learning_rate: float
     return keras.optimizers.SGD(schedule, momentum=train.momentum, nesterov=True, weight_decay=decay)
 
 
-def compile_model(model, config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None) -> None:
+def compile_model(model: Any, config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None) -> None:
     import keras
 
     # In the strategy the model was built under (--distribute), wherever this is called from: the
@@ -66,7 +66,7 @@ def training_metrics() -> list:
     return ["accuracy", keras.metrics.TopKCategoricalAccuracy(k=3, name="top3_accuracy")]
 
 
-def xla_blockers(model) -> list[str]:
+def xla_blockers(model: Any) -> list[str]:
     """The layers of ``model`` XLA cannot compile (Keras's ``supports_jit``).
 
     Given one, Keras's ``compile(jit_compile=True)`` only warns and trains without XLA. Keras's
@@ -78,7 +78,7 @@ def xla_blockers(model) -> list[str]:
     return [layer.name for layer in all_layers(model) if not layer.supports_jit]
 
 
-def resolve_jit(value: str, model) -> bool:
+def resolve_jit(value: str, model: Any) -> bool:
     """Whether ``model`` trains with XLA: "auto" is on with a GPU unless the model holds layers XLA cannot compile."""
     blockers = xla_blockers(model)
     if value == "on" and blockers:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from inat_keras.config import TrackingConfig
 from inat_keras.errors import UserError
+
+WandbMode = Literal["offline", "online", "off"]
+WANDB_MODES: tuple[WandbMode, ...] = ("offline", "online", "off")
 
 
 def has_wandb_key() -> bool:
@@ -24,15 +27,16 @@ def has_wandb_key() -> bool:
         return False
 
 
-def resolve_mode(requested: str) -> str:
+def resolve_mode(requested: str) -> WandbMode:
     """``auto`` is online when a key is configured, else offline."""
     if requested == "auto":
         return "online" if has_wandb_key() else "offline"
     if requested == "online" and not has_wandb_key():
         raise UserError("--wandb online needs a W&B key: run `wandb login` or set WANDB_API_KEY, or use --wandb offline")
-    if requested not in ("offline", "online", "off"):
-        raise UserError(f"--wandb {requested}: choose auto, offline, online or off")
-    return requested
+    for mode in WANDB_MODES:  # the matching literal, so the mode is typed as one wandb.init accepts
+        if requested == mode:
+            return mode
+    raise UserError(f"--wandb {requested}: choose auto, offline, online or off")
 
 
 @dataclass

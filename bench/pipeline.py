@@ -7,16 +7,23 @@ iNaturalist's, and deliver float32 batches at ``--image-size``:
   scale in tf.data's parallel map, without the GIL, and area-averages them to the target size; other
   files go through Pillow; the resized uint8 images are cached, so later epochs never decode again);
 - baseline: ``keras.utils.image_dataset_from_directory(image_size=...)`` (full-size decode and
-  bilinear resize every epoch) with ``prefetch``, as a careful user would write it.
+  bilinear resize every epoch) with ``prefetch``, as keras-io's examples use it;
+- strong recipe: the same loader with ``batch_size=None``, then ``.cache().shuffle(N,
+  reshuffle_each_iteration=True).batch(32).prefetch(AUTOTUNE)``, as the tf.data performance guide
+  teaches (its cache holds float32 images).
 
 The first epoch measures building the dataset and decoding, the later ones the cache. Each pipeline is measured ``--rounds``
 times, alternating, and the medians are reported, since a shared machine's speed drifts. The bench
 also times one core's work per image, including the reduced-scale JPEG decode alone: entropy decoding
 costs the same at any output scale, so that bounds the first-epoch speed-up any libjpeg-turbo
 pipeline can reach; and it gives each pipeline's image quality, as PSNR against a Lanczos resize of the
-full-size decode. The last line is ``pipeline_speedup_first_epoch=X pipeline_speedup_later_epochs=Y``.
+full-size decode. It also times the first batch, and measures each pipeline's peak memory (the
+growth of its process's peak RSS over two epochs, each pipeline alone in a subprocess) at two
+dataset sizes: the difference per extra image is its cost per image. The last line is
+``pipeline_speedup_first_epoch=X pipeline_speedup_later_epochs=Y later_vs_strong_recipe=Z
+bytes_per_image=B first_batch_seconds=S`` (speed-ups against the keras-io default; B and S ours).
 
-    python bench/pipeline.py --images 400 --epochs 3
+    python bench/pipeline.py --images 400 --epochs 3 --memory-images 400,1600
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,7 +85,7 @@ def write_folder(root: Path, count: int, num_classes: int, seed: int = 0) -> Pat
     return root
 
 
-def time_epochs(build, epochs: int) -> list[tuple[int, float, float]]:
+def time_epochs(build, epochs: int, first_batch: list[float] | None = None) -> list[tuple[int, float, float]]:
     """(images, wall seconds, CPU seconds of this process) per full pass over the dataset ``build()`` makes.
 
     The first pass's clock starts before ``build()``: listing the folder, and our pipeline's header
@@ -86,6 +94,7 @@ def time_epochs(build, epochs: int) -> list[tuple[int, float, float]]:
     clock. Asking past the end of an ``unbatch``, or deleting an iterator whose ``numpy_function``
     map has run, sometimes stalls tf.data for 0.25-0.6 s: a third of a 400-image first epoch, but
     once per training run (the first epoch's iterator; later epochs read the cache).
+    ``first_batch`` gets the seconds from ``build()`` to the first batch.
     """
     passes = []
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -99,6 +108,8 @@ def time_epochs(build, epochs: int) -> list[tuple[int, float, float]]:
         for _ in range(batches):
             batch, _ = next(iterator)
             images += int(batch.shape[0])
+            if first_batch is not None and not passes and images == int(batch.shape[0]):
+                first_batch.append(time.perf_counter() - start)
         passes.append((images, time.perf_counter() - start, time.process_time() - cpu_start))
         del iterator  # outside the next pass's clock
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -128,11 +139,75 @@ def baseline(root: Path, image_size: int, batch_size: int):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def strong_recipe(root: Path, image_size: int, batch_size: int):
+    """The tf.data guide's recipe: decode once into a float32 cache, a full-size shuffle buffer, batch, prefetch."""
+    import keras
+    import tensorflow as tf
+
+    dataset = keras.utils.image_dataset_from_directory(
+        root, image_size=(image_size, image_size), batch_size=None, label_mode="categorical", seed=0, verbose=False
+    )
+    count = int(dataset.cardinality())
+    return dataset.cache().shuffle(count, reshuffle_each_iteration=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+PIPELINES = ("baseline", "strong", "ours")
+
+
+def build_pipeline(name: str, root: Path, image_size: int, batch_size: int, num_classes: int):
+    if name == "baseline":
+        return baseline(root, image_size, batch_size)
+    if name == "strong":
+        return strong_recipe(root, image_size, batch_size)
+    return ours(root, image_size, batch_size, num_classes)
+
+
+def rss_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure_memory(name: str, root: Path, image_size: int, batch_size: int, num_classes: int) -> int:
+    """(In a child process) how far the peak RSS rises above the resident size while ``name`` builds and serves two epochs."""
+    sizes = (image_size, batch_size, num_classes)
+    # The runtime's own memory before the mark: TensorFlow's first pipelines allocate a fixed few hundred MB
+    # (thread pools, allocator arenas) that would hide a small dataset's growth under the same peak.
+    with tempfile.TemporaryDirectory() as warm_up:
+        time_epochs(lambda: build_pipeline(name, subset_folder(root, Path(warm_up) / "w", 2 * num_classes), *sizes), 2)
+    # Then the peak restarts from the resident size (writing 5 to clear_refs resets VmHWM).
+    Path("/proc/self/clear_refs").write_text("5")
+    before = rss_bytes("VmRSS")
+    time_epochs(lambda: build_pipeline(name, root, *sizes), 2)
+    return rss_bytes("VmHWM") - before
+
+
+def memory_growth(name: str, root: Path, args: argparse.Namespace) -> int:
+    """``measure_memory`` in a fresh process, so no other pipeline's memory counts."""
+    command = [sys.executable, __file__, "--memory-child", name, "--folder", str(root), "--image-size", str(args.image_size)]
+    command += ["--batch-size", str(args.batch_size), "--classes", str(args.classes)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def subset_folder(source: Path, target: Path, count: int) -> Path:
+    """``target`` with links to the first ``count`` images of ``source``, in their classes."""
+    shutil.rmtree(target, ignore_errors=True)
+    for path in sample_paths(source, count):
+        link = target / Path(path).parent.name / Path(path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    return target
+
+
 @dataclass
 class Measured:
     first: list[float] = field(default_factory=list)  # images/s of each round's first epoch
     later: list[float] = field(default_factory=list)  # images/s of each round's later epochs together
     first_cpu_ms: list[float] = field(default_factory=list)  # CPU milliseconds per image, first epoch
+    first_batch: list[float] = field(default_factory=list)  # seconds from building the dataset to its first batch
 
     def add(self, passes: list[tuple[int, float, float]]) -> None:
         images, wall, cpu = passes[0]
@@ -212,75 +287,112 @@ def resize_quality(root: Path, image_size: int, count: int = 50) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=400, help="generated JPEGs (default 400: about a minute on 2 cores)")
-    parser.add_argument("--classes", type=int, default=5)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the data; the first decodes (at least 2)")
+    parser.add_argument("--images", type=int, default=400, help="generated JPEGs timed (default 400)")
+    parser.add_argument("--classes", type=int, default=5, help="classes of the generated images (default 5)")
+    parser.add_argument("--image-size", type=int, default=224, help="side of the delivered images (default 224)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the data; the first decodes (at least 2; default 3)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="measure each pipeline this many times, alternating; report medians"
+        "--rounds", type=int, default=3, help="measure each pipeline this many times, alternating; report medians (default 3)"
+    )
+    parser.add_argument(
+        "--memory-images",
+        default="400,1600",
+        help="two dataset sizes for the peak-memory measurement, e.g. 400,1600 (default); each pipeline alone in a process",
     )
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here and reuse them (default: a temporary folder)")
+    parser.add_argument("--memory-child", choices=PIPELINES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_child:
+        print(measure_memory(args.memory_child, args.folder, args.image_size, args.batch_size, args.classes))
+        return 0
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch decodes, the later ones read the cache")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    small, large = sorted(int(n) for n in args.memory_images.split(","))
 
-    scratch = None if args.folder else Path(tempfile.mkdtemp(prefix="inat-bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="inat-bench-"))
     root = args.folder or scratch / "images"
-    names = ("baseline (image_dataset_from_directory)", "inat_keras.data.pipeline.make_dataset")
-    results = {name: Measured() for name in names}
+    names = {
+        "baseline": "keras-io default (image_dataset_from_directory)",
+        "strong": "strong recipe (.cache().shuffle(N).batch)",
+        "ours": "inat_keras.data.pipeline.make_dataset",
+    }
+    results = {name: Measured() for name in PIPELINES}
+    memory: dict[str, dict[int, int]] = {name: {} for name in PIPELINES}
     try:
         start = time.perf_counter()
-        write_folder(root, args.images, args.classes)
-        print(f"{args.images} JPEGs, 500-800 px long side, in {root} ({time.perf_counter() - start:.1f} s to prepare)")
-        # Alternating the two in each round spreads a busy moment of a shared machine over both.
+        write_folder(root, max(args.images, large), args.classes)
+        print(
+            f"{max(args.images, large)} JPEGs, 500-800 px long side, in {root} ({time.perf_counter() - start:.1f} s to prepare)"
+        )
+        timed = subset_folder(root, scratch / "timed", args.images)
+        # Alternating the pipelines in each round spreads a busy moment of a shared machine over all of them.
         for round_ in range(1, args.rounds + 1):
-            builds = (
-                lambda: baseline(root, args.image_size, args.batch_size),
-                lambda: ours(root, args.image_size, args.batch_size, args.classes),  # a fresh cache: the first epoch decodes
-            )
-            for name, build in zip(names, builds, strict=True):
-                results[name].add(time_epochs(build, args.epochs))
+            for name in PIPELINES:
+                measured = results[name]
+                measured.add(
+                    time_epochs(
+                        lambda name=name: build_pipeline(name, timed, args.image_size, args.batch_size, args.classes),
+                        args.epochs,
+                        measured.first_batch,
+                    )
+                )
             print(
                 f"round {round_}/{args.rounds}: "
                 + ", ".join(
-                    f"{name.split()[0]} {results[name].first[-1]:.0f} then {results[name].later[-1]:.0f} images/s"
-                    for name in names
+                    f"{name} {results[name].first[-1]:.0f} then {results[name].later[-1]:.0f} images/s" for name in PIPELINES
                 ),
                 flush=True,
             )
+        for count in (small, large):
+            folder = subset_folder(root, scratch / f"memory-{count}", count)
+            for name in PIPELINES:
+                memory[name][count] = memory_growth(name, folder, args)
         floor = decode_floor(root, args.image_size)
         quality = resize_quality(root, args.image_size)
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     from inat_keras.devices import usable_cores
 
     print(
-        f"\nimages/s at {args.image_size}x{args.image_size}, batch {args.batch_size}, {usable_cores()} CPU cores, "
-        f"median of {args.rounds} round{'s' if args.rounds > 1 else ''}"
+        f"\nimages/s at {args.image_size}x{args.image_size}, {args.images} images, batch {args.batch_size}, "
+        f"{usable_cores()} CPU cores, median of {args.rounds} round{'s' if args.rounds > 1 else ''}"
     )
-    print(f"{'pipeline':<42}{'first epoch':>14}{'later epochs':>14}{'CPU ms/image, 1st':>20}")
+    print(f"{'pipeline':<50}{'first epoch':>13}{'later epochs':>14}{'CPU ms/image, 1st':>19}{'first batch s':>15}")
     for name, measured in results.items():
-        print(f"{name:<42}{median(measured.first):>14.1f}{median(measured.later):>14.1f}{median(measured.first_cpu_ms):>20.2f}")
+        print(
+            f"{names[name]:<50}{median(measured.first):>13.1f}{median(measured.later):>14.1f}"
+            f"{median(measured.first_cpu_ms):>19.2f}{median(measured.first_batch):>15.3f}"
+        )
+    pixels = args.image_size * args.image_size * 3
+    per_image = {name: (memory[name][large] - memory[name][small]) / max(large - small, 1) for name in PIPELINES}
+    print(f"\npeak RSS growth over two epochs, each pipeline alone in a process (uint8 pixels: {pixels:,} bytes per image)")
+    print(f"{'pipeline':<50}{f'{small} images MB':>16}{f'{large} images MB':>16}{'bytes/image':>14}{'x pixels':>10}")
+    for name in PIPELINES:
+        print(
+            f"{names[name]:<50}{memory[name][small] / 1e6:>16.1f}{memory[name][large] / 1e6:>16.1f}"
+            f"{per_image[name]:>14,.0f}{per_image[name] / pixels:>10.2f}"
+        )
     print(f"\none core, milliseconds per image (best of 3 passes over {min(args.images, 100)} images)")
     for name, ms in floor.items():
-        print(f"{name:<42}{ms:>14.2f}")
+        print(f"{name:<50}{ms:>14.2f}")
     print(
         f"image quality, PSNR against a Lanczos resize of the full decode: baseline {quality['baseline']:.1f} dB, "
         f"ours {quality['ours']:.1f} dB"
     )
-    base, ours_ = (results[name] for name in names)
+    base, strong, ours_ = (results[name] for name in PIPELINES)
     # The baseline's CPU time inside tf.data (no eager dispatch) over the least any JPEG decode of
     # these files costs: the speed-up a pipeline with a free resize and no overhead would reach.
     ceiling = median(base.first_cpu_ms) / floor["reduced-scale decode alone"]
     print(f"first-epoch ceiling for any pipeline that decodes these JPEGs with libjpeg-turbo: {ceiling:.2f}x")
     print(
         f"pipeline_speedup_first_epoch={median(ours_.first) / median(base.first):.2f} "
-        f"pipeline_speedup_later_epochs={median(ours_.later) / median(base.later):.2f}"
+        f"pipeline_speedup_later_epochs={median(ours_.later) / median(base.later):.2f} "
+        f"later_vs_strong_recipe={median(ours_.later) / median(strong.later):.2f} "
+        f"bytes_per_image={per_image['ours']:.0f} first_batch_seconds={median(ours_.first_batch):.3f}"
     )
     return 0
 

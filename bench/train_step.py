@@ -1,7 +1,10 @@
 """Training images per second: the real input pipeline against tensors already in memory.
 
 For each model at its native input size (scratch CNN 224, ResNet50 224, Xception 299,
-EfficientNetV2-S 384; ``weights=None``, nothing is downloaded), two feeds of the same batches:
+EfficientNetV2-S 384, -M and -L 480, ConvNeXt 224; ``weights=None``, nothing is downloaded), two
+feeds of the same batches. The ConvNeXt and EfficientNetV2-M/L models are built as ``finetune.py``
+builds them (``build_transfer``, every layer trainable but BatchNormalization; ConvNeXt's depthwise
+convolutions as ``DepthwiseConv2D``, see ``inat_keras.models.transfer.flat_graph``):
 
 - pipeline: ``inat_keras.data.make_dataset`` over a generated folder of 500-800 px JPEGs
   (shuffle, cached uint8, float32, [augmentation], prefetch), after one pass that fills the cache,
@@ -18,6 +21,7 @@ of its last step.
     python bench/train_step.py --models scratch resnet50 xception efficientnetv2s --mixed-precision --jit-compile
     python bench/train_step.py --models resnet50 --augment --augment-placement model --mixed-precision --jit-compile
     python bench/train_step.py --models scratch resnet50 efficientnetv2s --table     # the README's GPU table
+    python bench/train_step.py --models efficientnetv2s convnext_tiny convnext_base --table --batch-size 64
 """
 
 from __future__ import annotations
@@ -35,8 +39,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline import write_folder
 
-NATIVE_SIZES = {"scratch": 224, "resnet50": 224, "xception": 299, "efficientnetv2s": 384}
-LABELS = {"scratch": "scratch CNN", "resnet50": "ResNet50", "xception": "Xception", "efficientnetv2s": "EfficientNetV2-S"}
+NATIVE_SIZES = {
+    "scratch": 224,
+    "resnet50": 224,
+    "xception": 299,
+    "efficientnetv2s": 384,
+    "efficientnetv2m": 480,
+    "efficientnetv2l": 480,
+    "convnext_tiny": 224,
+    "convnext_small": 224,
+    "convnext_base": 224,
+}
+LABELS = {
+    "scratch": "scratch CNN",
+    "resnet50": "ResNet50",
+    "xception": "Xception",
+    "efficientnetv2s": "EfficientNetV2-S",
+    "efficientnetv2m": "EfficientNetV2-M",
+    "efficientnetv2l": "EfficientNetV2-L",
+    "convnext_tiny": "ConvNeXt-T",
+    "convnext_small": "ConvNeXt-S",
+    "convnext_base": "ConvNeXt-B",
+}
+# Built as finetune.py builds them (the flat graph of inat_keras.models.transfer); the others as before.
+AS_FINETUNED = ("efficientnetv2m", "efficientnetv2l", "convnext_tiny", "convnext_small", "convnext_base")
 NUM_CLASSES = 10
 # --table's columns: (mixed precision, XLA).
 TABLE_SETTINGS = {
@@ -58,6 +84,12 @@ def build(name: str, size: int, augmentation: list | None):
         from inat_keras.models.cnn import build_cnn
 
         return build_cnn(CNNConfig(num_classes=NUM_CLASSES, input_size=size), augmentation=augmentation)
+    if name in AS_FINETUNED:
+        from inat_keras.models.transfer import build_transfer
+
+        return build_transfer(
+            name, NUM_CLASSES, weights=None, unfreeze="all", input_size=size, dropout=0.0, augmentation=augmentation
+        )
     backbones = {
         "resnet50": keras.applications.ResNet50,
         "xception": keras.applications.Xception,

@@ -21,6 +21,9 @@ WANDB_MODES = ("auto", "offline", "online", "off")
 DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 LR_SCALINGS = ("linear", "sqrt", "none")
 AUGMENT_PLACEMENTS = ("auto", "pipeline", "model")
+# What --augment applies: "basic" (crop, flip, colour jitter), or the crop and flip with Keras's RandAugment or AugMix.
+AUGMENT_POLICIES = ("basic", "randaugment", "augmix")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass
@@ -30,11 +33,23 @@ class DataConfig:
     data_dir: str | None = None
     image_size: int = 224
     val_split: float = 0.2
+    # Only for a folder of class folders: the test set split off it (train/ + val/ has val/ as its test set).
+    test_split: float = 0.1
     seed: int = 42
     batch_size: int = 32
     augment: bool = False
     # "auto" (in the model with a GPU, else in the tf.data pipeline), "pipeline" or "model".
     augment_placement: str = "auto"
+    # The augmentation --augment applies (AUGMENT_POLICIES); ignored without --augment.
+    augment_policy: str = "basic"
+    # keras.layers.RandAugment's factor (0-1, one strength for all its operations) and operations per image.
+    randaugment_magnitude: float = 0.5
+    randaugment_ops: int = 2
+    # Beta(alpha, alpha) mixing of training batches (keras.layers.MixUp / CutMix; 0 = off; both: one per batch).
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    # Probability that a training image has a random rectangle replaced by noise (keras.layers.RandomErasing).
+    random_erasing: float = 0.0
     # "memory", "none", or a file path prefix for a tf.data file cache (data larger than RAM).
     cache: str = "memory"
     skip_bad: bool = False
@@ -44,6 +59,17 @@ class DataConfig:
             raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.image_size < 1:
             raise UserError(f"--image-size {self.image_size}: must be at least 1 pixel")
+        if self.augment_policy not in AUGMENT_POLICIES:
+            raise UserError(f"--augment-policy {self.augment_policy}: choose one of {', '.join(AUGMENT_POLICIES)}")
+        if not 0.0 <= self.randaugment_magnitude <= 1.0:
+            raise UserError(f"--randaugment-magnitude {self.randaugment_magnitude}: Keras's RandAugment factor, in [0, 1]")
+        if self.randaugment_ops < 1:
+            raise UserError(f"--randaugment-ops {self.randaugment_ops}: apply at least 1 operation per image")
+        for flag, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if alpha < 0:
+                raise UserError(f"{flag} {alpha}: give the Beta distribution's alpha (> 0, e.g. 0.2 or 1.0), or 0 for off")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise UserError(f"--random-erasing {self.random_erasing}: a probability, in [0, 1]")
 
 
 @dataclass
@@ -129,6 +155,12 @@ class TrainConfig:
     # --batch-size is per replica; see inat_keras.distribute for the scaling of the learning rate.
     distribute: str = "none"
     lr_scaling: str = "linear"
+    # "balanced": each class's loss weighted by n_images / (n_classes * n_images_of_class) in the training split.
+    class_weight: str = "none"
+    # Decay of the exponential moving average of the weights (the optimizer's ema_momentum); 0 = off.
+    ema: float = 0.0
+    # --deterministic: TensorFlow's op determinism, so a resumed run ends bit-identical to an uninterrupted one (CPU).
+    deterministic: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -145,15 +177,24 @@ class TrainConfig:
             raise UserError(f"--distribute {self.distribute}: choose one of {', '.join(DISTRIBUTE_MODES)}")
         if self.lr_scaling not in LR_SCALINGS:
             raise UserError(f"--lr-scaling {self.lr_scaling}: choose one of {', '.join(LR_SCALINGS)}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UserError(f"--class-weight {self.class_weight}: choose one of {', '.join(CLASS_WEIGHTS)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError(f"--ema {self.ema}: the averaging decay must be in [0, 1), e.g. 0.999; 0 for off")
 
 
 @dataclass
 class TrackingConfig:
-    """Weights & Biases: offline unless asked otherwise, never a login prompt."""
+    """Weights & Biases: offline unless asked otherwise, never a login prompt; TensorBoard logs on request."""
 
     wandb: str = "auto"
     project: str = "inat-keras"
     group: str | None = None
+    # --wandb-log-model: best.keras as a W&B model artifact at the end of training (off by default: models are large).
+    log_model: bool = False
+    # <run>/tensorboard/ (see inat_keras.training.tensorboard); weight histograms cost a write per weight per epoch.
+    tensorboard: bool = False
+    tensorboard_histograms: bool = False
 
 
 @dataclass
@@ -174,6 +215,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        problem = run_config_problem(raw)
+        if problem:
+            raise UserError(f"not a run's settings: {problem}")
         return cls(
             name=raw["name"],
             kind=raw.get("kind", "scratch"),
@@ -190,12 +234,44 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], raw: dict[str, Any]) -> T:
-    """Build a config dataclass, refusing keys it does not have."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - names)
+    """Build a config dataclass, refusing keys it does not have and plain values of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)}: known are {', '.join(sorted(names))}")
+        raise UserError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)}: known are {', '.join(sorted(fields))}")
+    for name, value in raw.items():
+        allowed = PLAIN_TYPES.get(str(fields[name].type))
+        if allowed is not None and not (isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))):
+            raise UserError(f"{cls.__name__} setting {name} is {value!r}, not of type {fields[name].type}")
     return cls(**raw)
+
+
+# The annotations of plain settings (as strings: this module postpones annotations) and the JSON values they accept.
+PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+    "str | None": (str, type(None)),
+    "bool | None": (bool, type(None)),
+}
+
+
+def run_config_problem(raw: Any) -> str | None:
+    """What makes ``raw`` (a parsed ``config.json``) not a run's settings, or None: the shape only."""
+    if not isinstance(raw, dict):
+        return f"a JSON {type(raw).__name__} where an object of settings belongs"
+    if not isinstance(raw.get("name"), str):
+        return '"name" is missing or not a string'
+    for section in ("data", "model", "train", "tracking"):
+        if section in raw and not isinstance(raw[section], dict):
+            return f'"{section}" is {raw[section]!r} where a section of settings belongs'
+    names = raw.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return '"class_names" is not a list of class names'
+    return None
 
 
 # Model settings that come from the data (its class folders and --image-size), so config.json's

@@ -27,6 +27,13 @@ def save_figure(figure: Any, path: str | os.PathLike) -> None:
 
 def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title: str = "") -> None:
     """Loss and accuracy per epoch, training and validation, side by side."""
+    save_figure(draw_curves(history, title), Path(path))
+
+
+def draw_curves(history: list[dict[str, float]], title: str = "") -> Any:
+    """The figure of ``plot_curves``; epochs ticked at whole numbers (a 2-epoch run got 1.2, 1.4, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -36,6 +43,7 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
             if any(v is not None for v in values):
                 axis.plot(epochs, values, style, label=name, markersize=3)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(label)
         axis.set_title(label)
         axis.grid(alpha=0.3)
@@ -43,4 +51,4 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    save_figure(figure, Path(path))
+    return figure

@@ -3,13 +3,62 @@
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from inat_keras.errors import UserError
+
+# Faults of the disk or of permissions, which the user fixes (space, a writable folder), not bugs in the code.
+DISK_FAULTS = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some space within your disk quota",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.EACCES: "choose a folder you may write to",
+    errno.EPERM: "choose a folder you may write to",
+}
+
+
+class WriteError(UserError, OSError):
+    """A file or folder could not be written because of the disk or its permissions (one line; see ``writes_checked``).
+
+    Also an OSError with the original errno, so code that treats a failed write as optional (a cache) still does.
+    """
+
+    def __init__(self, path: str | os.PathLike, code: int, reason: str) -> None:
+        OSError.__init__(self, code, reason, os.fspath(path))
+        self.path, self.reason, self.fix = Path(path), reason, f"{DISK_FAULTS[code]}, then run the command again"
+        self.message = f"cannot write {path} ({reason}): {self.fix}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def writes_checked(path: str | os.PathLike) -> Iterator[None]:
+    """A full disk, a quota, a read-only file system or a missing permission while writing ``path``: a WriteError."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        if error.errno not in DISK_FAULTS:
+            raise
+        raise WriteError(error.filename or path, error.errno, error.strerror or os.strerror(error.errno)) from None
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents), or one line saying why it cannot be."""
+    path = Path(path)
+    with writes_checked(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
@@ -17,8 +66,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
 
     The temporary file lives in the same directory (a rename across file systems
     is not atomic) and keeps the suffix, because Keras picks the format from it.
+    A disk or permission fault is a ``WriteError`` naming ``path``; the old file, if any, is untouched.
     """
     path = Path(path)
+    with writes_checked(path):
+        _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)

@@ -13,11 +13,7 @@ from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
 from inat_keras.data.files import make_split
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.errors import UserError
-from inat_keras.models.augment import (
-    AUGMENT_PREFIX,
-    augmentation_layers,
-    resolve_augment_placement,
-)
+from inat_keras.models.augment import AUGMENT_PREFIX, augmentation_layers, resolve_augment_placement
 from inat_keras.models.cnn import build_cnn, count_params
 
 SMALL_CNN = {"num_classes": 3, "input_size": 32, "num_blocks": 2, "first_filters": 4, "dense_units": [8]}

@@ -33,6 +33,8 @@ def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) 
         "4",
         "--rounds",
         "2",
+        "--memory-images",
+        "8,12",
         "--folder",
         str(folder),
     ]
@@ -46,7 +48,11 @@ def test_the_pipeline_benchmark_ends_with_both_speedups(tmp_path: Path, capsys) 
     quality = re.search(r"PSNR .*: baseline (\d+\.\d) dB, ours (\d+\.\d) dB", "\n".join(output))
     assert quality and min(float(quality.group(1)), float(quality.group(2))) > 15
     last = output[-1]
-    assert re.fullmatch(r"pipeline_speedup_first_epoch=\d+\.\d\d pipeline_speedup_later_epochs=\d+\.\d\d", last), last
+    assert re.fullmatch(
+        r"pipeline_speedup_first_epoch=\d+\.\d\d pipeline_speedup_later_epochs=\d+\.\d\d later_vs_strong_recipe=\d+\.\d\d "
+        r"bytes_per_image=-?\d+ first_batch_seconds=\d+\.\d{3}",
+        last,
+    ), last
     sides = [max(Image.open(path).size) for path in folder.glob("*/*.jpg")]
     assert len(sides) == 12 and min(sides) >= 500 and max(sides) <= 800
 

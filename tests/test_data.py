@@ -12,14 +12,7 @@ from PIL import Image
 from inat_keras import DataConfig, UserError
 from inat_keras.data.decode import load_image
 from inat_keras.data.demo import write_digits_dataset
-from inat_keras.data.files import (
-    LabelledFiles,
-    discover_dataset,
-    load_split,
-    make_split,
-    save_split,
-    stratified_split,
-)
+from inat_keras.data.files import LabelledFiles, discover_dataset, load_split, make_split, save_split, stratified_split
 from inat_keras.data.pipeline import make_dataset
 
 
@@ -126,23 +119,31 @@ def test_pipeline_yields_float_batches_in_0_255_with_one_hot_labels(tiny_dataset
     assert int(dataset.cardinality()) == len(batches)
 
 
-def test_chunked_parallel_decoding_keeps_file_order_across_chunk_boundaries(tmp_path: Path, monkeypatch) -> None:
-    from inat_keras.data import decode, files, pipeline
+def decoded_in_file_order(paths: list[str], labels: list[int], size: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image and label of a validation pipeline over ``paths``, concatenated."""
+    from inat_keras.data import files, pipeline
 
-    monkeypatch.setattr(pipeline, "DECODE_CHUNK", 4)  # 11 files: chunks of 4, 4 and 3
+    config = DataConfig(data_dir="unused", image_size=size, batch_size=batch_size)
+    dataset = pipeline.make_dataset(files.LabelledFiles(paths, labels), config, 3, training=False)
+    assert int(dataset.cardinality()) == -(-len(paths) // batch_size)  # known, so Keras counts the first epoch's steps
+    batches = list(dataset)
+    return np.concatenate([b[0].numpy() for b in batches]), np.concatenate([b[1].numpy() for b in batches])
+
+
+def test_parallel_decoding_keeps_file_order_across_batch_boundaries(tmp_path: Path) -> None:
+    from inat_keras.data import decode
+
     paths = []
     for i in range(11):
         path = tmp_path / f"img_{i:02d}.png"
         Image.fromarray(np.full((20 + i, 30, 3), 20 * i, np.uint8)).save(path)
         paths.append(str(path))
     labels = [i % 3 for i in range(11)]
-    decoded = pipeline.decoded_images(files.LabelledFiles(paths, labels), 16, 3)
-    assert int(decoded.cardinality()) == 11  # known, so Keras counts the first epoch's steps
-    pairs = list(decoded)
-    assert len(pairs) == 11
-    for path, label, (image, one_hot) in zip(paths, labels, pairs, strict=True):
-        np.testing.assert_array_equal(image.numpy(), load_image(path, 16))
-        assert int(np.argmax(one_hot.numpy())) == label
+    images, one_hot = decoded_in_file_order(paths, labels, 16, batch_size=4)  # batches of 4, 4 and 3
+    assert images.shape == (11, 16, 16, 3)
+    for path, label, image, hot in zip(paths, labels, images, one_hot, strict=True):
+        np.testing.assert_array_equal(image, load_image(path, 16))
+        assert int(np.argmax(hot)) == label
     np.testing.assert_array_equal(decode.load_images(paths[:5], 16), np.stack([load_image(p, 16) for p in paths[:5]]))
     assert decode.load_images([], 16).shape == (0, 16, 16, 3)
 
@@ -203,23 +204,20 @@ def test_tensorflows_jpeg_decoder_shows_the_same_picture_as_pillow(tmp_path: Pat
     assert native[:, :8, 0].mean() < 40 and native[:, -8:, 0].mean() > 215  # not mirrored, not turned
 
 
-def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_path: Path, monkeypatch) -> None:
-    from inat_keras.data import decode, files, pipeline
+def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_path: Path) -> None:
+    from inat_keras.data import decode
 
-    monkeypatch.setattr(pipeline, "DECODE_CHUNK", 2)
     kinds = write_router_images(tmp_path)
     names = [name for name in kinds if name != "notes.jpg"] * 2  # routes alternate within the list
     paths = [str(tmp_path / name) for name in names]
     native = decode.native_jpegs(paths)
     assert native == [kinds[name] for name in names] and 0 < sum(native) < len(native)
     labels = [i % 3 for i in range(len(paths))]
-    decoded = pipeline.decoded_images(files.LabelledFiles(paths, labels), 24, 3)
-    assert int(decoded.cardinality()) == len(paths)
-    pairs = list(decoded)
-    assert len(pairs) == len(paths)
-    for path, label, (image, one_hot) in zip(paths, labels, pairs, strict=True):
-        np.testing.assert_array_equal(image.numpy(), load_image(path, 24), err_msg=path)
-        assert int(np.argmax(one_hot.numpy())) == label
+    images, one_hot = decoded_in_file_order(paths, labels, 24, batch_size=3)
+    assert len(images) == len(paths)
+    for path, label, image, hot in zip(paths, labels, images, one_hot, strict=True):
+        np.testing.assert_array_equal(image, load_image(path, 24), err_msg=path)
+        assert int(np.argmax(hot)) == label
 
 
 def test_a_jpeg_the_decoder_rejects_is_named_with_the_reason(tmp_path: Path, monkeypatch) -> None:

@@ -66,7 +66,7 @@ def test_tta_averages_the_image_and_its_mirror_beside_the_plain_figures(evaluate
 
 def test_pictures_are_valid_pngs_of_readable_size(evaluated):
     out = evaluated[2]
-    for name, min_width, min_height in (("confusion_matrix.png", 1000, 500), ("prediction_grid.png", 900, 3000)):
+    for name, min_width, min_height in (("confusion_matrix.png", 1000, 500), ("prediction_grid.png", 1200, 1000)):
         with Image.open(out / name) as picture:
             picture.verify()
         with Image.open(out / name) as picture:
@@ -75,12 +75,19 @@ def test_pictures_are_valid_pngs_of_readable_size(evaluated):
             assert np.asarray(picture.convert("L")).std() > 10, f"{name} is blank"
 
 
+def test_the_prediction_grid_of_ten_classes_fits_a_screen_with_two_classes_a_row(evaluated):
+    with Image.open(evaluated[2] / "prediction_grid.png") as picture:
+        width, height = picture.size
+    assert width <= 2000 and height <= 2000 and 0.7 <= width / height <= 1.5, (width, height)  # not a 1130x3973 strip
+
+
 def test_prediction_grid_holds_three_images_of_each_of_the_ten_classes_with_true_labels(evaluated):
     trained, _, out = evaluated
     rows = read_csv(out / "prediction_grid.csv")
     assert len(rows) == 30
-    for row in rows:
-        assert row["true_class"] == trained.class_names[int(row["row"])]
+    assert {int(row["row"]) for row in rows} == {1, 2, 3, 4, 5} and {int(row["column"]) for row in rows} == set(range(1, 7))
+    for row in rows:  # two classes a row, three images each, counted from 1
+        assert row["true_class"] == trained.class_names[2 * (int(row["row"]) - 1) + (int(row["column"]) - 1) // 3]
         assert Path(row["path"]).parent.name == row["true_class"]
     probabilities = direct_probabilities(trained.model, [row["path"] for row in rows])
     assert [row["predicted_class"] for row in rows] == [trained.class_names[i] for i in probabilities.argmax(axis=1)]
@@ -164,3 +171,17 @@ def test_a_run_whose_dataset_moved_says_so_and_names_the_flag(scratch_run, tmp_p
     assert inat_main(["explain", str(moved)]) == 2
     error = capsys.readouterr().err
     assert "no --image given, and none of the" in error and "exists any more" in error and "pass --image FILE" in error
+
+
+def test_training_curves_tick_whole_epochs_even_for_a_two_epoch_run():
+    import matplotlib.pyplot as plt
+
+    from inat_keras.plots import draw_curves
+
+    history = [{"epoch": 1, "loss": 2.0, "val_loss": 1.0, "accuracy": 0.2, "val_accuracy": 0.6}]
+    history.append({"epoch": 2, "loss": 0.8, "val_loss": 0.7, "accuracy": 0.7, "val_accuracy": 0.8})
+    figure = draw_curves(history, "two epochs")
+    for axis in figure.axes:
+        ticks = [tick for tick in axis.get_xticks() if 1 <= tick <= 2]
+        assert ticks == [1.0, 2.0], ticks
+    plt.close(figure)

@@ -1,4 +1,4 @@
-"""finetune.py end to end: the demo's artifacts, two-phase resume, the feature cache, errors, and compare."""
+"""finetune.py end to end: the demo's artifacts, two-phase resume, the feature cache and errors (compare: test_compare.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from inat_keras.cli.compare import main as compare_main
 from inat_keras.cli.finetune import main as finetune_main
 from inat_keras.cli.run import run_main
 from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
@@ -148,52 +147,10 @@ def test_bad_finetune_settings_are_one_line_errors_before_any_file_is_written(
         ("--backbone", "mobilenetv2", "--unfreeze", "-2"): "--unfreeze -2",
         ("--backbone", "mobilenetv2", "--epochs", "2", "--head-epochs", "2"): "--head-epochs 2",
         ("--backbone", "mobilenetv2", "--weights", str(tmp_path / "absent.h5")): "no such file",
-        ("--backbone", "mobilenetv2", "--image-size", "96", "--weights", "imagenet"): "or --weights none",
+        ("--backbone", "mobilenetv2", "--image-size", "96", "--weights", "imagenet"): "or pass --weights none",
     }
     for flags, expected in cases.items():
         assert run_main(finetune_main, [*common, *flags]) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: ") and expected in error and "\n" not in error
     assert not out.exists() or not list(out.iterdir())
-
-
-def fake_run(runs: Path, name: str, config: dict, metrics: dict | None) -> Path:
-    run = runs / name
-    run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"name": name, **config}))
-    if metrics is not None:
-        (run / "metrics.json").write_text(json.dumps(metrics))
-    return run
-
-
-def test_compare_writes_a_table_and_chart_of_scratch_and_finetuned_runs_from_a_glob(tmp_path: Path, capsys) -> None:
-    from PIL import Image
-
-    runs = tmp_path / "runs"
-    common = {"epochs_run": 10, "train_seconds": 120.5, "val_accuracy": 0.5}
-    fake_run(
-        runs,
-        "scratch-a",
-        {"kind": "scratch", "model": {"num_blocks": 5}, "data": {"image_size": 224}},
-        {**common, "test_accuracy": 0.41, "trainable_params": 1_000, "num_params": 1_100},
-    )
-    fake_run(
-        runs,
-        "effnet",
-        {"kind": "transfer", "model": {"backbone": "efficientnetv2s", "unfreeze": "all"}, "data": {"image_size": 384}},
-        {**common, "test_accuracy": 0.86, "trainable_params": 20_000_000, "num_params": 20_300_000},
-    )
-    fake_run(runs, "unfinished", {"kind": "scratch"}, None)
-
-    out = tmp_path / "cmp"
-    assert run_main(compare_main, [str(runs / "*"), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "skipped" in printed and "unfinished" in printed
-    with open(out / "comparison.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [row["run"] for row in rows] == ["effnet", "scratch-a"]  # best test accuracy first
-    assert rows[0]["model"] == "efficientnetv2s (imagenet)" and rows[0]["training"] == "unfreeze all, two-phase"
-    assert rows[1]["trainable_params"] == "1000" and rows[1]["kind"] == "scratch"
-    assert "| effnet | transfer |" in (out / "comparison.md").read_text()
-    assert Image.open(out / "comparison.png").size[0] > 600
-    assert run_main(compare_main, [str(runs / "unfinished")]) == 2

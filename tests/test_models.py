@@ -93,7 +93,7 @@ def test_bad_settings_raise_one_line_user_errors(overrides, message) -> None:
 
 
 def test_one_kernel_size_given_as_a_list_applies_to_every_block() -> None:
-    from inat_keras.cli.flags import int_list
+    from inat_keras.cli.values import int_list
 
     config = CNNConfig(input_size=32, num_blocks=3, kernel_size=int_list("5"))  # what --kernel-size 5 parses to
     assert config.block_kernels() == [5, 5, 5]

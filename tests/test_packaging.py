@@ -141,6 +141,13 @@ def test_the_console_script_lists_the_commands(installed: Path) -> None:
         assert f"  {command} " in result.stdout, f"{command} missing from:\n{result.stdout}"
 
 
+def test_the_installed_package_holds_the_report_templates(installed: Path) -> None:
+    script = "from inat_keras.inspection.report import environment; print(*sorted(environment().list_templates()))"
+    result = run_installed(installed, sys.executable, "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert {"run.html.j2", "search.html.j2", "comparison.html.j2"} <= set(result.stdout.split()), result.stdout
+
+
 @pytest.mark.slow
 def test_the_console_script_trains_a_demo_run(installed: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
@@ -149,3 +156,4 @@ def test_the_console_script_trains_a_demo_run(installed: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stdout + result.stderr
     (metrics_file,) = out.rglob("metrics.json")
     assert json.loads(metrics_file.read_text()), metrics_file
+    assert (metrics_file.parent / "report.html").is_file(), result.stdout

@@ -88,7 +88,7 @@ def test_csv_has_one_row_per_image_and_rank(scratch_run, mixed_inputs, capsys):
 
 
 def test_a_bare_keras_file_needs_class_names_and_uses_the_given_ones(scratch_run, mixed_inputs, tmp_path):
-    from inat_keras.cli.flags import parse_classes
+    from inat_keras.cli.values import parse_classes
     from inat_keras.inspection.predict import predict_paths
     from inat_keras.inspection.trained import load_trained
 

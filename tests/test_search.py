@@ -21,12 +21,7 @@ from inat_keras.config import RunConfig
 from inat_keras.errors import UserError
 from inat_keras.search.record import record_or_check
 from inat_keras.search.run import set_aside_other_retrain
-from inat_keras.search.space import (
-    SCRATCH_SPACE,
-    pinned_by_flags,
-    resolve_space,
-    trial_config,
-)
+from inat_keras.search.space import SCRATCH_SPACE, pinned_by_flags, resolve_space, trial_config
 from inat_keras.storage import read_json
 
 TINY_SPACE = {
@@ -97,7 +92,7 @@ def test_random_search_writes_the_sweep_analysis_and_retrains_the_best_trial(tmp
         assert (search_dir / picture).read_bytes().startswith(PNG_SIGNATURE)
     assert read_rows(search_dir / "importance.csv")
     summary = (search_dir / "summary.md").read_text()
-    assert f"{best['val_accuracy']:.4f}" in summary and f"trial {best['trial_id']}" in summary
+    assert f"{best['val_accuracy']:.4f}" in summary and f"trial {best['trial']}" in summary
 
     # The retrained run is an ordinary run with the best values, evaluated once on the test set.
     config = json.loads((run_dir / "config.json").read_text())
@@ -120,7 +115,7 @@ def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, sea
         assert len(runs) == 1, f"trial {trial}: {runs}"
         # The log is protobuf records, whose strings are stored as they are.
         log = next(runs[0].glob("run-*.wandb")).read_bytes()
-        assert f"s-trial-{trial}".encode() in log, "each W&B run named after its trial"
+        assert f"s-trial-{int(trial) + 1}".encode() in log, "each W&B run named after its trial, as KerasTuner numbers it"
         assert b"kernel_size_1" in log and b"learning_rate" in log, "the trial's hyperparameters as its config"
         assert b"epoch/val_accuracy" in log, "per-epoch metrics"
     rows = read_rows(search_dir / "trials.csv")
@@ -323,11 +318,11 @@ def test_a_new_best_trial_gets_its_own_retrain_and_the_old_one_is_set_aside(tmp_
     assert (run_dir / "config.json").exists() and not logged
 
     set_aside_other_retrain(run_dir, search_dir, "3", logged.append)
-    archive = run_dir / "retrain-trial-0"
+    archive = run_dir / "retrain-trial-1"  # trial id 0 is KerasTuner's trial #1
     assert sorted(path.name for path in archive.iterdir()) == ["best.keras", "config.json", "metrics.json"]
-    assert sorted(path.name for path in run_dir.iterdir()) == ["retrain-trial-0", "search"]
+    assert sorted(path.name for path in run_dir.iterdir()) == ["retrain-trial-1", "search"]
     assert (search_dir / "trials.csv").read_text() == "kept\n"
-    assert logged == [f"the best configuration is now trial 3, no longer trial 0: its retrain moved to {archive}"]
+    assert logged == [f"the best configuration is now trial 4, no longer trial 1: its retrain moved to {archive}"]
 
 
 def test_a_damaged_trial_file_is_named_before_keras_tuner_reads_it(tmp_path, search_data) -> None:

@@ -10,9 +10,11 @@ import keras_tuner as kt
 import pytest
 from keras_tuner.engine.trial import Trial
 
+from conftest import make_dataset_root
 from inat_keras.cli.sweep_analysis import main
 from inat_keras.errors import UserError
 from inat_keras.search.analysis import ANALYSIS_FILES, write_analysis
+from inat_keras.storage import write_json
 
 
 def save_trial(search_dir: Path, trial_id: str, values: dict, status: str, metrics: dict | None = None) -> None:
@@ -60,7 +62,8 @@ def test_the_analysis_writes_every_file_with_one_row_per_trial(search_dir: Path)
     with open(search_dir / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["trial_id"] for row in rows] == [f"{i:02d}" for i in range(12)]
-    assert list(rows[0])[:4] == ["trial_id", "start_time", "duration_s", "status"]
+    assert list(rows[0])[:5] == ["trial", "trial_id", "start_time", "duration_s", "status"]
+    assert [int(row["trial"]) for row in rows] == list(range(1, 13))  # KerasTuner's "Running Trial #N"
     assert {"activation", "learning_rate", "batch_norm", "num_blocks", "val_accuracy", "val_loss"} <= set(rows[0])
     assert rows[10]["status"] == "FAILED" and rows[10]["val_accuracy"] == ""
     assert float(rows[3]["duration_s"]) == 33 and rows[3]["start_time"].startswith("2027-")
@@ -83,12 +86,12 @@ def test_the_summary_is_written_from_the_numbers(search_dir: Path) -> None:
     write_analysis(search_dir)
     summary = (search_dir / "summary.md").read_text()
     assert "12 trials: 10 completed, 1 failed, 1 unfinished" in summary
-    assert "trial 09" in summary
+    assert "trial 10" in summary  # trial_id 09 is KerasTuner's Running Trial #10
     assert "gelu went with the highest" in summary
     assert "**learning_rate**" in summary and "higher values went with higher accuracy" in summary
     assert "num_blocks" not in summary  # a fixed value explains nothing
     best_trials = summary.split("## Best trials")[1].split("##")[0]
-    assert best_trials.index("| 09 |") < best_trials.index("| 07 |")
+    assert best_trials.index("| 10 |") < best_trials.index("| 8 |")  # trial ids 09 and 07
 
 
 def test_the_summary_gives_the_median_of_an_even_number_of_trials(search_dir: Path) -> None:
@@ -110,7 +113,7 @@ def test_the_summary_follows_the_numbers_when_they_point_the_other_way(tmp_path:
     summary = (folder / "summary.md").read_text()
     assert "relu went with the highest" in summary and "gelu went with the highest" not in summary
     assert "**learning_rate**" in summary and "lower values went with higher accuracy" in summary
-    assert "6 trials: 6 completed" in summary and "trial 05" in summary and "hints, not conclusions" in summary
+    assert "6 trials: 6 completed" in summary and "trial 6" in summary and "hints, not conclusions" in summary
 
 
 def test_a_search_without_completed_trials_still_gets_its_files(tmp_path: Path) -> None:
@@ -136,3 +139,99 @@ def test_the_command_takes_the_search_run_as_well_as_its_search_folder(search_di
     assert main([str(search_dir.parent)]) == 0
     assert str(search_dir) in capsys.readouterr().out
     assert (search_dir / "summary.md").exists()
+
+
+def chance_search(folder: Path, accuracies: list[float]) -> Path:
+    for i, accuracy in enumerate(accuracies):
+        values = {"activation": "gelu" if i % 2 else "relu", "learning_rate": 1e-3 * (i + 1), "batch_norm": True, "num_blocks": 5}
+        save_trial(folder, f"{i:02d}", values, "COMPLETED", {"val_accuracy": accuracy, "trial_start": 1.8e9 + i})
+    return folder
+
+
+def test_a_search_whose_every_trial_ended_at_chance_says_so_in_its_headline_and_summary(tmp_path: Path) -> None:
+    folder = chance_search(tmp_path / "search", [0.094, 0.112, 0.131])  # 10 classes: guessing scores 0.1
+    analysis = write_analysis(folder, num_classes=10)
+    assert analysis.near_chance
+    assert "warning: every completed trial ended near chance (0.1000 with 10 classes)" in analysis.headline
+    summary = (folder / "summary.md").read_text()
+    assert "**Warning: every completed trial ended near chance: the best validation accuracy 0.1310" in summary
+    assert "guessing among 10 classes" in summary and "these differences are noise" in summary
+    assert "hints, not conclusions" not in summary
+
+
+def test_one_trial_clearly_above_chance_is_no_chance_search(tmp_path: Path) -> None:
+    folder = chance_search(tmp_path / "search", [0.094, 0.112, 0.21])
+    analysis = write_analysis(folder, num_classes=10)
+    assert not analysis.near_chance and "chance" not in analysis.headline
+    assert "chance" not in (folder / "summary.md").read_text()
+
+
+def test_the_class_count_comes_from_the_dataset_that_search_json_names(tmp_path: Path) -> None:
+    data = make_dataset_root(tmp_path / "data", num_classes=3, train_per_class=1, val_per_class=1)
+    folder = chance_search(tmp_path / "runs" / "sweep" / "search", [0.30, 0.36])  # 3 classes: guessing scores 0.333
+    write_json(folder / "search.json", {"tuner": "random", "base": {"data": {"data_dir": str(data)}}})
+    analysis = write_analysis(folder)
+    assert analysis.num_classes == 3 and analysis.near_chance
+    assert "(0.3333 with 3 classes)" in analysis.headline
+    # Once the best trial is retrained, its config.json beside search/ names the classes.
+    write_json(folder.parent / "config.json", {"class_names": [str(i) for i in range(10)]})
+    analysis = write_analysis(folder)
+    assert analysis.num_classes == 10 and not analysis.near_chance
+
+
+def hand_trials() -> list:
+    from inat_keras.search.trials import TrialRecord
+
+    trials = []
+    for i, (blocks, activation, accuracy) in enumerate(
+        [(4, "relu", 0.31), (5, "gelu", 0.62), (5, "relu", 0.55), (4, "gelu", 0.48)]
+    ):
+        metrics = {"val_accuracy": accuracy, "trial_start": 1.8e9 + 60 * i}
+        trials.append(TrialRecord(f"{i:02d}", "COMPLETED", {"num_blocks": blocks, "activation": activation}, metrics))
+    return trials
+
+
+def test_the_legend_of_accuracy_by_start_time_sits_outside_the_axes_where_it_hides_no_trial() -> None:
+    import matplotlib.pyplot as plt
+
+    from inat_keras.search.analysis_plots import draw_accuracy_vs_created
+
+    figure = draw_accuracy_vs_created(hand_trials(), "sweep")
+    axis = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    legend, frame = axis.get_legend().get_window_extent(renderer), axis.get_window_extent(renderer)
+    assert legend.x0 >= frame.x1  # right of the axes, so the lowest point (0.31, first trial) stays visible
+    assert sorted(text.get_text() for text in axis.texts) == ["1", "2", "3", "4"]  # trial ids 00-03 as KerasTuner numbers them
+    plt.close(figure)
+
+
+def test_parallel_coordinates_tick_an_integer_hyperparameter_at_whole_numbers_in_readable_boxes() -> None:
+    import matplotlib.pyplot as plt
+
+    from inat_keras.search.analysis_plots import draw_parallel_coordinates
+
+    figure = draw_parallel_coordinates(hand_trials(), ["num_blocks", "activation"], {}, "sweep")
+    axis = figure.axes[0]
+    labels = {round(text.get_position()[0]): [] for text in axis.texts}
+    for text in axis.texts:
+        labels[round(text.get_position()[0])].append(text.get_text())
+    assert labels[0] == ["4", "5"]  # not 4, 4.5, 5
+    assert labels[1] == ["gelu", "relu"]
+    lines = max(line.get_zorder() for line in axis.get_lines())
+    for text in axis.texts:  # drawn over the trial lines, on white
+        assert text.get_zorder() > lines and text.get_bbox_patch().get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    plt.close(figure)
+
+
+def test_integer_axes_tick_the_values_taken_or_about_five_whole_numbers() -> None:
+    from inat_keras.search.analysis_plots import axis_positions
+
+    _, ticks = axis_positions("filters", [16, 64, 32], categorical=False, log=False)
+    assert [label for _, label in ticks] == ["16", "32", "64"]
+    _, ticks = axis_positions("units", list(range(10, 101, 10)), categorical=False, log=False)
+    assert all(label.isdigit() for _, label in ticks) and 4 <= len(ticks) <= 7
+    _, ticks = axis_positions("dropout", [0.1, 0.2], categorical=False, log=False)
+    assert [label for _, label in ticks] == ["0.1", "0.15", "0.2"]
+    # A numeric Choice: its values evenly spaced and each labelled, 0 included (no log axis could hold it).
+    positions, ticks = axis_positions("l2", [1e-4, 0.0], categorical=False, log=False, choices=[0.0, 1e-5, 1e-4, 1e-3])
+    assert positions == [2 / 3, 0.0] and [label for _, label in ticks] == ["0", "1e-05", "0.0001", "0.001"]

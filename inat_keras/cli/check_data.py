@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from inat_keras.cli.run import start_tensorflow
+from inat_keras.cli.values import Parser, positive_int
 from inat_keras.data.check import check_dataset
 from inat_keras.data.gate import training_layout_problem
 from inat_keras.data.report import MIN_SIDE, format_report
@@ -35,22 +37,27 @@ class ProgressLine:
             print(f"checked {done}/{total} images", file=self.stream, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(
         prog="python -m inat_keras check-data",
         description="Decode every image of a dataset once and report unusable files, duplicates and class balance. "
         "Exit status 1 when some images are unusable or training would refuse the folder layout.",
     )
     parser.add_argument("dir", metavar="DIR", help="dataset root with train/<class>/ and val/<class>/ (or class folders)")
-    parser.add_argument("--json", metavar="FILE", help="also write the complete report as JSON")
+    parser.add_argument("--json", metavar="FILE", help="also write the complete report as JSON (default: none)")
     parser.add_argument(
-        "--min-size", type=int, default=MIN_SIDE, help=f"smallest usable image side in pixels (default {MIN_SIDE})"
+        "--min-size", type=positive_int, default=MIN_SIDE, help=f"smallest usable image side in pixels (default {MIN_SIDE})"
     )
-    parser.add_argument("--workers", type=int, help="parallel decoders (default: one per CPU core)")
+    parser.add_argument("--workers", type=positive_int, help="parallel decoders (default: one per CPU core)")
     parser.add_argument("--no-cache", action="store_true", help="decode every file again, ignoring cached verdicts")
     parser.add_argument("--all", action="store_true", help="list every file in the text report, not the first 20 per section")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    start_tensorflow()  # its JPEG decoder checks the JPEG files
 
     report = check_dataset(
         args.dir,

@@ -6,11 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from inat_keras.cli.flags import add_model_args
+from inat_keras.cli.flags import add_inspection_wandb_arg, add_model_args
+from inat_keras.cli.run import start_tensorflow
+from inat_keras.cli.values import Parser, positive_int, seed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inat_keras evaluate", description="Evaluate a trained model on test images.")
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m inat_keras evaluate", description="Evaluate a trained model on test images.")
     add_model_args(parser)
     parser.add_argument(
         "--data",
@@ -19,11 +21,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tta", action="store_true", help="also report test-time augmentation (image and its mirror averaged)")
     parser.add_argument("--out", help="output folder (default: <run>/eval)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prediction grid's choice of images")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per prediction step (default: 32)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the prediction grid's choice of images (default: 0)")
+    add_inspection_wandb_arg(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     # The library (and TensorFlow with it) is imported after the flags parse: --help and flag errors come at once.
+    start_tensorflow()
     from inat_keras.inspection.evaluate import evaluate, format_summary
+    from inat_keras.inspection.tracking import log_evaluation, track_inspection
     from inat_keras.inspection.trained import default_output_dir, load_trained
 
     trained = load_trained(args.model, args.classes)
@@ -32,4 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for skipped in metrics["skipped"]:
         print(f"error: {skipped['path']}: not a readable image ({skipped['error']}); skipped", file=sys.stderr)
     print(format_summary(metrics, out_dir))
+    tracked = track_inspection(trained, args.wandb, "evaluate", lambda wandb_run: log_evaluation(wandb_run, out_dir))
+    if tracked:
+        print(tracked)
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from inat_keras.cli.flags import add_model_args
+from inat_keras.cli.flags import add_inspection_wandb_arg, add_model_args
+from inat_keras.cli.run import start_tensorflow
+from inat_keras.cli.values import Parser, non_negative_float
 from inat_keras.inspection.formats import FORMATS, TOLERANCE
 
 
@@ -17,29 +19,41 @@ def human_size(size: float) -> str:
     return f"{size} B"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m inat_keras export", description="Export a trained model and check the export."
-    )
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m inat_keras export", description="Export a trained model and check the export.")
     add_model_args(parser)
     parser.add_argument(
-        "--format", choices=FORMATS, action="append", required=True, help="savedmodel, tflite or onnx (repeatable)"
+        "--format", choices=FORMATS, action="append", required=True, help="savedmodel, tflite or onnx (required; repeatable)"
     )
     parser.add_argument("--out", help="output folder (default: <run>/export)")
     parser.add_argument(
-        "--tolerance", type=float, default=TOLERANCE, help=f"largest accepted probability difference ({TOLERANCE:g})"
+        "--tolerance",
+        type=non_negative_float,
+        default=TOLERANCE,
+        help=f"largest accepted probability difference (default: {TOLERANCE:g})",
     )
-    args = parser.parse_args(argv)
+    add_inspection_wandb_arg(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     # The library (and TensorFlow with it) is imported after the flags parse: --help and flag errors come at once.
+    start_tensorflow()
     from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.tracking import log_exports, track_inspection
     from inat_keras.inspection.trained import default_output_dir, load_trained
 
     trained = load_trained(args.model, args.classes)
     out_dir = default_output_dir(trained, args.out, "export")
+    results = {}
     for fmt in dict.fromkeys(args.format):
-        result = export_model(trained, fmt, out_dir, tolerance=args.tolerance)
+        result = results[fmt] = export_model(trained, fmt, out_dir, tolerance=args.tolerance)
         print(
             f"{fmt}: {result['path']} ({human_size(result['bytes'])}); max difference from Keras "
             f"{result['max_abs_difference']:.2e} on {result['checked_images']} images"
         )
+    tracked = track_inspection(trained, args.wandb, "export", lambda wandb_run: log_exports(wandb_run, results))
+    if tracked:
+        print(tracked)
     return 0

@@ -23,6 +23,7 @@ COMMANDS = {
     "explain": ("inat_keras.cli.explain", "filters, feature maps, guided backpropagation and Grad-CAM of a trained model"),
     "export": ("inat_keras.cli.export", "export a trained model to SavedModel, TFLite or ONNX and check it"),
     "compare": ("inat_keras.cli.compare", "table and bar chart of scratch and fine-tuned runs side by side"),
+    "report": ("inat_keras.cli.report", "report.html: one page with everything a run, a search or runs compared wrote"),
 }
 
 

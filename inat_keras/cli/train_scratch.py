@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from inat_keras.cli.defaults import config_defaults, show_defaults
 from inat_keras.cli.flags import (
     add_cnn_args,
     add_data_args,
@@ -15,9 +16,11 @@ from inat_keras.cli.flags import (
     require_data,
     run_config_from_args,
 )
+from inat_keras.cli.run import typed_command
 from inat_keras.cli.search import add_search_args, search_command
-from inat_keras.cli.train import train_and_report
-from inat_keras.config import CNNConfig
+from inat_keras.cli.train import refuse_unusable_paths, train_and_report
+from inat_keras.cli.values import Parser
+from inat_keras.config import CNNConfig, DataConfig, TrainConfig
 
 # The digits are 8x8 pictures: a small input and a few epochs suit them.
 SCRATCH_DEMO_DEFAULTS = {
@@ -30,8 +33,8 @@ SCRATCH_DEMO_DEFAULTS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(
         prog="train_scratch.py",
         description="Train the flexible from-scratch CNN on a folder-per-class dataset.",
     )
@@ -41,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_train_args(parser)
 
     add_search_args(parser)
+    show_defaults(parser, config_defaults(DataConfig, TrainConfig, CNNConfig), SCRATCH_DEMO_DEFAULTS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
 
     if args.resume:
@@ -49,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_data(args, "training")
         model = pick(args, CNNConfig, SCRATCH_DEMO_DEFAULTS if args.demo else {})
         config = run_config_from_args(args, kind="scratch", model=model, demo_defaults=SCRATCH_DEMO_DEFAULTS)
+    refuse_unusable_paths(config, resume=bool(args.resume))
     if args.tuner:
-        return search_command(args, config)
+        return search_command(args, config, command=typed_command("train_scratch.py", argv))
     return train_and_report(config, args)

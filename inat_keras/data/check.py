@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
-from inat_keras.data.decode import decodes_natively, to_rgb, verify_jpeg
+from inat_keras.data.decode import decodes_natively, quiet_size_warning, to_rgb, verify_jpeg
 from inat_keras.data.demo import cache_home
 from inat_keras.data.files import is_image_name, list_class_images
 from inat_keras.data.report import MIN_SIDE, CheckedFile, DataReport, Inspection, build_report
@@ -34,7 +34,7 @@ from inat_keras.storage import read_json, write_json
 
 # Decoding JPEGs at a reduced DCT scale still reads every byte, so truncation is found, at a fraction of the cost.
 DRAFT_SIDE = 32
-CACHE_VERSION = 2  # 2: plain JPEGs checked with TensorFlow's decoder, as training reads them
+CACHE_VERSION = 3  # 2: plain JPEGs checked with TensorFlow's decoder, as training reads them; 3: over Pillow's pixel limit
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "icon\r"})
 ProgressCallback = Callable[[int, int], None]
 
@@ -82,6 +82,10 @@ def list_ignored(folder: Path) -> list[dict[str, str]]:
         for name in sorted(hidden):
             count = sum(len(files) for _, _, files in os.walk(os.path.join(dirpath, name)))
             ignored.append({"path": os.path.join(dirpath, name), "reason": f"hidden folder ({count} files)"})
+        if not top:  # inside a class: os.walk, here and in training, does not follow a link to a folder
+            for name in dirnames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    ignored.append({"path": os.path.join(dirpath, name), "reason": "link to a folder (not followed)"})
         for name in sorted(filenames):
             if top and is_image_name(Path(name)):
                 ignored.append({"path": os.path.join(dirpath, name), "reason": "outside the class folders"})
@@ -90,19 +94,22 @@ def list_ignored(folder: Path) -> list[dict[str, str]]:
     return ignored
 
 
-def list_dataset_files(root: Path) -> tuple[list[tuple[str, str, str]], list[dict[str, str]]]:
-    """(path, split, class) of every file training would read, and the files it ignores.
+def list_dataset_files(root: Path) -> tuple[list[tuple[str, str, str]], list[dict[str, str]], dict[str, list[str]]]:
+    """(path, split, class) of every file training would read, the files it ignores, and each split's class folders.
 
     Image files are listed by ``data.list_class_images``, the function training uses, so the
     paths here are the exact strings of a run's ``split.csv``.
     """
     candidates: list[tuple[str, str, str]] = []
     ignored: list[dict[str, str]] = []
+    classes: dict[str, list[str]] = {}
     for split, folder in dataset_splits(root):
-        for label, paths in list_class_images(folder).items():
+        found = list_class_images(folder)
+        classes[split] = list(found)  # with the folders that hold no image file: the worst imbalance
+        for label, paths in found.items():
             candidates.extend((path, split, label) for path in paths)
         ignored.extend(list_ignored(folder))
-    return candidates, ignored
+    return candidates, ignored, classes
 
 
 # -- one file ---------------------------------------------------------------------------------
@@ -145,9 +152,13 @@ def inspect_bytes(content: bytes) -> Inspection:
     if not content:
         return Inspection("zero_bytes", "an empty file")
     sha256 = hashlib.sha256(content).hexdigest()
+    quiet_size_warning()
     try:
         with Image.open(io.BytesIO(content)) as image:
             fmt, (width, height) = image.format or "", image.size
+            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # where Pillow starts to warn
+                limit = f"over Pillow's limit of {Image.MAX_IMAGE_PIXELS}"
+                return Inspection("too_large", f"{width}x{height} pixels, {limit}", sha256)
             native = decodes_natively(image)  # before draft, which may change what the header says
             image.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
             if native:
@@ -274,13 +285,16 @@ def check_dataset(
     started = time.perf_counter()
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data directory {root} does not exist: pass a folder with train/<class>/ and val/<class>/ inside")
-    candidates, ignored = list_dataset_files(root)
+        raise UserError(
+            f"data directory {root} does not exist: pass a folder with train/<class>/ and val/<class>/ inside, "
+            "or a folder of class folders"
+        )
+    candidates, ignored, classes = list_dataset_files(root)
     cache_path = cache_dir() / f"{dataset_key(root)}.json" if use_cache else None
     verdicts, checked_now = inspect_all(
         [path for path, _, _ in candidates], cache_path=cache_path, workers=workers, progress=progress
     )
     files = [CheckedFile(path, split, label, verdicts[path]) for path, split, label in candidates]
-    report = build_report(root, files, ignored, min_side)
+    report = build_report(root, files, ignored, min_side, classes=classes)
     report.seconds, report.checked_now = round(time.perf_counter() - started, 3), checked_now
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,8 +58,20 @@ def decodes_natively(image: Image.Image) -> bool:
     return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
+def quiet_size_warning() -> None:
+    """Never show Pillow's ``DecompressionBombWarning`` (more than ``Image.MAX_IMAGE_PIXELS`` pixels) to the user.
+
+    The data check decides about such images once, as ``image too large`` (``data.check.inspect_bytes``), so
+    training never decodes them; the warning would only repeat that in Pillow's words, from inside a thread.
+    """
+    # Checked every time, not once: a caller's warnings.catch_warnings() restores the filters it found.
+    if not any(entry[0] == "ignore" and entry[2] is Image.DecompressionBombWarning for entry in warnings.filters):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def native_jpeg(path: str | os.PathLike) -> bool:
     """``decodes_natively`` for a file; False for anything Pillow cannot open, so its path reports the error."""
+    quiet_size_warning()
     try:
         with Image.open(path) as image:
             return decodes_natively(image)
@@ -99,6 +112,7 @@ def jpeg_decoder(size: int) -> Any:
 
 def decode_with_pillow(path: str | os.PathLike, size: int) -> np.ndarray:
     """Any image file Pillow reads, at a reduced JPEG scale where the target allows, with an antialiased resize."""
+    quiet_size_warning()
     with Image.open(path) as image:
         image.draft("RGB", (size, size))
         rgb = to_rgb(image)

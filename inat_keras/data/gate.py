@@ -92,9 +92,7 @@ def usable_split(
 
 
 def training_layout_problem(root: Path, report: DataReport) -> str | None:
-    """Why training would refuse a train/ + val/ dataset even when every image is usable, if it would."""
-    if not ((root / "train").is_dir() or (root / "val").is_dir()):
-        return None  # bare class folders: a layout the check reads but training does not ask for
+    """Why training would refuse the folder layout even when every image is usable, if it would."""
     try:
         discover_dataset(root, exclude=report.bad_paths)
     except UserError as error:

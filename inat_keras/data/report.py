@@ -23,6 +23,8 @@ REASONS = {
 
 # The demo digits are 8x8; smaller images are tracking pixels, icons and placeholders.
 MIN_SIDE = 8
+# Above this largest / smallest class ratio in the training images, the check suggests --class-weight balanced.
+CLASS_WEIGHT_RATIO = 3.0
 
 
 @dataclass
@@ -69,8 +71,19 @@ class DataReport:
         return asdict(self)
 
 
-def build_report(root: Path, files: list[CheckedFile], ignored: list[dict[str, str]], min_side: int) -> DataReport:
+def build_report(
+    root: Path,
+    files: list[CheckedFile],
+    ignored: list[dict[str, str]],
+    min_side: int,
+    *,
+    classes: dict[str, list[str]] | None = None,
+) -> DataReport:
+    """``classes``: each split's class folders, so a folder with no image file counts too (with 0)."""
     per_class: dict[str, Counter] = defaultdict(Counter)
+    for split, labels in (classes or {}).items():
+        for label in labels:
+            per_class[split][label] += 0
     formats: Counter = Counter()
     bad, usable = [], []
     for file in files:
@@ -142,6 +155,10 @@ def format_report(report: DataReport, *, limit: int | None = 20) -> str:
     )
     s = report.summary
     lines = [f"data check of {root}: {s['images']} images in {s['classes']} classes"]
+    if "all" in report.images_per_class:
+        lines.append("layout: one folder of class folders; training splits it into train / validation / test (--test-split)")
+    else:
+        lines.append("layout: train/ + val/ (val/ is the test set)")
 
     splits = list(report.images_per_class)
     classes = sorted({label for counts in report.images_per_class.values() for label in counts})
@@ -157,6 +174,11 @@ def format_report(report: DataReport, *, limit: int | None = 20) -> str:
         lines.append(
             f"class imbalance in {split} (largest / smallest): {ratio} ({largest[0]} {largest[1]}, {smallest[0]} {smallest[1]})"
         )
+        if split != "val" and info["ratio"] is not None and info["ratio"] > CLASS_WEIGHT_RATIO:
+            lines.append(
+                f"  the largest class has more than {CLASS_WEIGHT_RATIO:g}x the images of the smallest: "
+                "train with --class-weight balanced so the small classes count as much in the loss"
+            )
     if report.formats:
         lines.append("formats: " + ", ".join(f"{name or '?'} {count}" for name, count in report.formats.items()))
 

@@ -1,12 +1,14 @@
 """Evaluate a trained model on its test set: metrics, confusion matrix, prediction grid, mistakes.
 
 ``python -m inat_keras evaluate runs/<name> [--data DIR] [--tta]`` writes ``runs/<name>/eval/``:
-``metrics.json``, ``confusion_matrix.png``, ``prediction_grid.png`` (+ ``prediction_grid.csv``)
+``metrics.json``, ``confusion_matrix.png``, ``prediction_grid.png`` (3 test images per class, two
+classes a row; ``prediction_grid.csv`` lists them with their row and column, from 1)
 and ``mistakes.csv``. Without ``--data`` the test set is the run's own (``split.csv``, subset test).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,9 +24,10 @@ from inat_keras.errors import UserError
 from inat_keras.inspection.trained import TrainedModel, image_batches, predict_probabilities
 from inat_keras.plots import pyplot, save_figure
 from inat_keras.runs import METRICS_FILE, split_test_rows
-from inat_keras.storage import write_csv, write_json
+from inat_keras.storage import make_dir, write_csv, write_json
 
 GRID_PER_CLASS = 3
+GRID_CLASSES_PER_ROW = 2
 # Shown larger than a 32-px model input so the grid reads at normal zoom.
 GRID_DISPLAY_SIZE = 160
 
@@ -58,12 +61,19 @@ def run_test_files(trained: TrainedModel) -> LabelledFiles:
     return LabelledFiles([row["path"] for row in rows], [index[row["label"]] for row in rows])
 
 
-def folder_test_files(root: str | os.PathLike, class_names: Sequence[str]) -> LabelledFiles:
-    """Test images of ``root/val/<class>/`` (a dataset root), or of ``root/<class>/``, labelled by folder name."""
+def folder_test_files(root: str | os.PathLike, class_names: Sequence[str], trained: TrainedModel | None = None) -> LabelledFiles:
+    """Test images of ``root/val/<class>/`` (a dataset root), or of ``root/<class>/``, labelled by folder name.
+
+    A folder of class folders that ``trained``'s run was split from gives that run's test subset:
+    all of its images would include the ones the model trained on.
+    """
     root = Path(root)
     folder = root / "val" if (root / "val").is_dir() else root
     if not folder.is_dir():
         raise UserError(f"--data {root} is not a directory: give a dataset root with val/<class>/, or a folder of class folders")
+    trained_on = trained.config.data.data_dir if trained and trained.config else None
+    if folder == root and trained_on and Path(trained_on).resolve() == root.resolve() and trained and trained.run_dir:
+        return run_test_files(trained)
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -123,9 +133,9 @@ def summary_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, f
 
     classes = np.arange(probabilities.shape[1])
     with warnings.catch_warnings():
-        # With 3 classes or fewer top-3 is trivially 1; scikit-learn says so in a warning.
+        # With 3 classes or fewer top-3 is trivially 1; scikit-learn says so in a warning, and refuses 2 classes.
         warnings.simplefilter("ignore")
-        top3 = top_k_accuracy_score(labels, probabilities, k=3, labels=classes)
+        top3 = top_k_accuracy_score(labels, probabilities, k=3, labels=classes) if len(classes) > 3 else 1.0
     return {
         "accuracy": float(accuracy_score(labels, probabilities.argmax(axis=1))),
         "top3_accuracy": float(top3),
@@ -214,22 +224,33 @@ def grid_choice(predictions: Predictions, num_classes: int, per_class: int, seed
     return chosen
 
 
+def grid_position(label: int, column: int) -> tuple[int, int]:
+    """(row, column) of a class's ``column``-th image in the prediction grid, both from 0."""
+    return label // GRID_CLASSES_PER_ROW, (label % GRID_CLASSES_PER_ROW) * GRID_PER_CLASS + column
+
+
 def plot_prediction_grid(
     predictions: Predictions, class_names: Sequence[str], chosen: list[list[int]], path: Path, title: str
 ) -> list[list[Any]]:
-    """One row per class, ``GRID_PER_CLASS`` images each; red frame = wrong, green = right."""
-
+    """``GRID_PER_CLASS`` images per class, ``GRID_CLASSES_PER_ROW`` classes side by side in each row (a gap
+    between them), so 10 classes make a 5 x 6 picture that fits a screen, not a 10 x 3 strip; red frame = wrong,
+    green = right. Returns one record per image: its row and column in the picture (from 1), path, classes, confidence."""
     plt = pyplot()
-    rows, columns = len(class_names), GRID_PER_CLASS
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.3 * rows), squeeze=False, layout="constrained")
+    rows = math.ceil(len(class_names) / GRID_CLASSES_PER_ROW)
+    blocks = min(GRID_CLASSES_PER_ROW, len(class_names))
+    figure = plt.figure(figsize=(2.1 * GRID_PER_CLASS * blocks + 0.4 * (blocks - 1), 2.45 * rows + 0.5), layout="constrained")
+    # A narrow empty column between two classes' images.
+    ratios = [ratio for block in range(blocks) for ratio in ([0.2] if block else []) + [1.0] * GRID_PER_CLASS]
+    grid = figure.add_gridspec(rows, len(ratios), width_ratios=ratios)
     records = []
-    for row, indices in enumerate(chosen):
-        for column in range(columns):
-            axis = axes[row][column]
+    for label, indices in enumerate(chosen):
+        for column in range(GRID_PER_CLASS):
+            row, place = grid_position(label, column)
+            axis = figure.add_subplot(grid[row, place + place // GRID_PER_CLASS])  # skip the gap columns
             axis.set_xticks([])
             axis.set_yticks([])
             if column >= len(indices):
-                axis.set_title(f"true: {class_names[row]}\n(no more test images)", fontsize=9)
+                axis.set_title(f"true: {class_names[label]}\n(no more test images)", fontsize=9)
                 continue
             i = indices[column]
             true, guess = int(predictions.labels[i]), int(predictions.predicted[i])
@@ -238,12 +259,13 @@ def plot_prediction_grid(
             colour = "green" if true == guess else "red"
             for spine in axis.spines.values():
                 spine.set_edgecolor(colour)
-                spine.set_linewidth(5)
-            label = f"true: {class_names[true]}\npredicted: {class_names[guess]} ({confidence:.0%})"
-            axis.set_title(label, fontsize=10, color=colour)
+                spine.set_linewidth(4)
+            axis.set_title(
+                f"true: {class_names[true]}\npredicted: {class_names[guess]} ({confidence:.0%})", fontsize=9, color=colour
+            )
             image_path = predictions.files.paths[i]
-            records.append([row, column, image_path, class_names[true], class_names[guess], round(confidence, 6)])
-    figure.suptitle(title, fontsize=13)
+            records.append([row + 1, place + 1, image_path, class_names[true], class_names[guess], round(confidence, 6)])
+    figure.suptitle(title, fontsize=12)
     save_figure(figure, path)
     return records
 
@@ -261,14 +283,14 @@ def evaluate(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Write metrics.json, confusion_matrix.png, prediction_grid.png/.csv and mistakes.csv to ``out_dir``."""
-    files = folder_test_files(data, trained.class_names) if data else run_test_files(trained)
+    files = folder_test_files(data, trained.class_names, trained) if data else run_test_files(trained)
     predictions = predict_files(trained, files, tta=tta, batch_size=batch_size)
     names = trained.class_names
     metrics = compute_metrics(predictions, names)
     metrics["model"] = str(trained.model_path)
     metrics["data"] = str(data) if data else f"{trained.run_dir}/split.csv (test)"
     name = trained.run_dir.name if trained.run_dir else trained.model_path.stem
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     write_json(out_dir / METRICS_FILE, metrics)
     write_csv(
         out_dir / "mistakes.csv",

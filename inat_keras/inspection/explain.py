@@ -1,8 +1,10 @@
 """What a trained CNN looks at: filters, feature maps, guided backpropagation, Grad-CAM.
 
 ``python -m inat_keras explain runs/<name> --image photo.jpg`` writes ``runs/<name>/explain/``:
-``filters.png``, ``feature_maps_<layer>.png`` per conv block, ``guided_backprop.png``,
-``gradcam.png`` and ``explain.json`` (what each picture shows, and its numbers).
+``filters.png``, ``feature_maps_<layer>.png`` for up to five conv layers whose maps are at least
+4x4 (the smaller ones, listed in ``explain.json``, would be a few flat tiles), ``guided_backprop.png``,
+``gradcam.png`` and ``explain.json`` (what each picture shows, and its numbers). Pictures number
+channels, filters and positions from 1.
 
 tf-keras-vis does the gradients (``Saliency`` with its ``GuidedBackpropagation`` modifier,
 ``Gradcam``, ``GradcamPlusPlus``); it works with Keras 3.15 as it is. This module adds only what
@@ -26,10 +28,13 @@ from inat_keras.inspection.explain_plots import plot_feature_maps, plot_filters,
 from inat_keras.inspection.trained import TrainedModel
 from inat_keras.models.backbones import get_backbone
 from inat_keras.runs import SPLIT_FILE, split_test_rows
-from inat_keras.storage import write_json
+from inat_keras.storage import make_dir, write_json
 
 NUM_NEURONS = 10
 MAX_FEATURE_LAYERS = 5
+# Maps smaller than this on a side are a few flat tiles as feature maps, and a few coarse blocks as a
+# Grad-CAM (a 2x2 map can only point at a quarter of the image): the same rule for every model.
+MIN_MAP_SIDE = 4
 
 
 # -- the model, flat ------------------------------------------------------------------------------
@@ -72,24 +77,34 @@ def first_conv_layer(model: Any) -> Any:
     return convs[0]
 
 
-def feature_layers(model: Any, last_conv: str) -> list[tuple[str, Any]]:
-    """(conv layer name, the layer whose output is shown) for each conv block, at most ``MAX_FEATURE_LAYERS``.
+def map_size(layer: Any) -> tuple[int, int]:
+    """(height, width) of a layer's output feature map."""
+    height, width = (int(side) for side in layer.output.shape[1:3])
+    return height, width
+
+
+def feature_layers(model: Any, last_conv: str) -> tuple[list[tuple[str, Any]], list[dict[str, Any]]]:
+    """(conv layer name, the layer whose output is shown) for at most ``MAX_FEATURE_LAYERS`` conv layers,
+    and the layers skipped because their maps are smaller than ``MIN_MAP_SIDE`` (name and size).
 
     The scratch CNN's blocks are ``conv<i>`` -> ``bn<i>`` -> ``act<i>``: the activation is shown.
-    A backbone has dozens of convolutions: evenly spaced ones, its last included.
+    A backbone has dozens of convolutions: evenly spaced ones, the deepest one large enough included.
+    With no map large enough (a tiny input), the first layer is shown all the same.
     """
     names = [layer.name for layer in conv_layers(model)]
     names = names[: names.index(last_conv) + 1] if last_conv in names else names
-    if len(names) > MAX_FEATURE_LAYERS:
-        picks = np.linspace(0, len(names) - 1, MAX_FEATURE_LAYERS).round().astype(int)
-        names = [names[i] for i in sorted(set(picks))]
-    chosen = []
+    layer_names = {layer.name for layer in model.layers}
+    shown = {}
     for name in names:
-        shown = name
-        if name.startswith("conv") and name[4:].isdigit() and f"act{name[4:]}" in {layer.name for layer in model.layers}:
-            shown = f"act{name[4:]}"
-        chosen.append((name, model.get_layer(shown)))
-    return chosen
+        block = name[4:]
+        activation = f"act{block}" if name.startswith("conv") and block.isdigit() else ""
+        shown[name] = model.get_layer(activation if activation in layer_names else name)
+    large = [name for name in names if min(map_size(shown[name])) >= MIN_MAP_SIDE] or names[:1]
+    skipped = [{"layer": name, "size": "x".join(map(str, map_size(shown[name])))} for name in names if name not in large]
+    if len(large) > MAX_FEATURE_LAYERS:
+        picks = np.linspace(0, len(large) - 1, MAX_FEATURE_LAYERS).round().astype(int)
+        large = [large[i] for i in sorted(set(picks))]
+    return [(name, shown[name]) for name in large], skipped
 
 
 # -- guided backpropagation ------------------------------------------------------------------------
@@ -238,10 +253,13 @@ def load_explained_image(path: str, size: int) -> np.ndarray:
         raise UserError(f"--image {path} is not a readable image ({str(error).splitlines()[0]})") from None
 
 
-def write_feature_maps(model: Any, image: np.ndarray, last_conv: str, out_dir: Path, title: str) -> list[dict[str, Any]]:
+def write_feature_maps(
+    model: Any, image: np.ndarray, last_conv: str, out_dir: Path, title: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """feature_maps_<layer>.png for each layer ``feature_layers`` picks; returns their summaries and the skipped layers."""
     import keras
 
-    chosen = feature_layers(model, last_conv)
+    chosen, skipped = feature_layers(model, last_conv)
     # Direct calls, not predict(): each throwaway model would trace a new predict function.
     extractor = keras.Model(model.input, [layer.output for _, layer in chosen])
     activations = extractor(image[None].astype(np.float32), training=False)
@@ -250,7 +268,7 @@ def write_feature_maps(model: Any, image: np.ndarray, last_conv: str, out_dir: P
     for (conv_name, shown), maps in zip(chosen, activations, strict=True):
         path = out_dir / f"feature_maps_{conv_name}.png"
         written.append({**plot_feature_maps(np.asarray(maps)[0], conv_name, shown.name, path, title), "file": path.name})
-    return written
+    return written, skipped
 
 
 def write_guided_backprop(model: Any, image: np.ndarray, last_conv: str, out_dir: Path, title: str, seed: int) -> dict[str, Any]:
@@ -262,26 +280,40 @@ def write_guided_backprop(model: Any, image: np.ndarray, last_conv: str, out_dir
     plot_guided_backprop(image, guided, out_dir / "guided_backprop.png", heading)
     return {
         **{key: guided[key] for key in ("layer", "channels", "positions", "activations")},
+        # "channels" and "positions" index the layer's output (from 0); the picture numbers them from 1, as these.
+        "channel_numbers": [channel + 1 for channel in guided["channels"]],
         "map_std": [float(m.std()) for m in guided["maps"]],
         "guided_relu_layers": relu_layers,
     }
 
 
-def write_gradcam(model: Any, image: np.ndarray, last_conv: str, predicted: int, out_dir: Path, title: str) -> dict[str, Any]:
+def write_gradcam(
+    model: Any, image: np.ndarray, last_conv: str, predicted: int, out_dir: Path, title: str, warnings: list[str]
+) -> tuple[dict[str, Any], str]:
+    """gradcam.png, with ``warnings`` in its title; returns each map's spread and peak, and the title drawn."""
     cams = class_activation_maps(model, image, last_conv, predicted)
-    plot_gradcam(image, cams, last_conv, out_dir / "gradcam.png", f"{title}: where the model looked")
+    size = "x".join(map(str, map_size(model.get_layer(last_conv))))
+    heading = plot_gradcam(
+        image, cams, f"{last_conv} ({size} map)", out_dir / "gradcam.png", f"{title}: where the model looked", warnings
+    )
     peak = lambda cam: [int(v) for v in np.unravel_index(cam.argmax(), cam.shape)]
-    return {name: {"std": float(cam.std()), "max_at": peak(cam)} for name, cam in cams.items()}
+    return {name: {"std": float(cam.std()), "max_at": peak(cam)} for name, cam in cams.items()}, heading
 
 
 def gradcam_warnings(model: Any, last_conv: str, image_size: int) -> list[str]:
-    """Grad-CAM on a 1x1 map has one cell: a uniform picture that shows nothing, said so instead of left blank."""
-    height, width = (int(side) for side in model.get_layer(last_conv).output.shape[1:3])
-    if height * width > 1:
+    """Grad-CAM is upsampled from the last conv layer's map: below ``MIN_MAP_SIDE`` cells a side it is a few
+    blocks that can light up background, so it says so (for the scratch CNN and a backbone alike)."""
+    height, width = map_size(model.get_layer(last_conv))
+    if min(height, width) >= MIN_MAP_SIDE:
         return []
+    fix = f"train at a larger --image-size for a map of at least {MIN_MAP_SIDE}x{MIN_MAP_SIDE}"
+    if height * width == 1:
+        return [
+            f"{last_conv} is 1x1 at {image_size} px, so Grad-CAM has a single cell and cannot show where the model looked: {fix}"
+        ]
     return [
-        f"{last_conv} is 1x1 at {image_size} px, so Grad-CAM has a single cell and cannot show where the model "
-        f"looked: train at a larger --image-size"
+        f"{last_conv} is {height}x{width} at {image_size} px, so Grad-CAM has only {height * width} cells "
+        f"(each 1/{height * width} of the image) and its highlight may fall on background: {fix}"
     ]
 
 
@@ -296,17 +328,22 @@ def explain(trained: TrainedModel, out_dir: Path, *, image_path: str | None = No
     run = trained.run_dir.name if trained.run_dir else trained.model_path.stem
     label = f"{trained.class_names[predicted]} ({probabilities[predicted]:.0%})"
     title = f"{run}: image {Path(image_path).name}, predicted {label}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
+    warnings = gradcam_warnings(model, last_conv, trained.image_size)
+    feature_maps, skipped = write_feature_maps(model, image, last_conv, out_dir, title)
+    gradcam, gradcam_title = write_gradcam(model, image, last_conv, predicted, out_dir, title, warnings)
     summary: dict[str, Any] = {
         "image": image_path,
         "predicted_class": trained.class_names[predicted],
         "probability": float(probabilities[predicted]),
         "last_conv_layer": last_conv,
         "filters": plot_filters(first_conv_layer(model), out_dir / "filters.png", f"{run}: first convolution layer"),
-        "feature_maps": write_feature_maps(model, image, last_conv, out_dir, title),
+        "feature_maps": feature_maps,
+        "feature_maps_skipped": skipped,  # conv layers whose maps are smaller than MIN_MAP_SIDE, with their size
         "guided_backprop": write_guided_backprop(model, image, last_conv, out_dir, title, seed),
-        "gradcam": write_gradcam(model, image, last_conv, predicted, out_dir, title),
-        "warnings": gradcam_warnings(model, last_conv, trained.image_size),
+        "gradcam": gradcam,
+        "gradcam_title": gradcam_title,  # the warnings are in the picture too
+        "warnings": warnings,
     }
     write_json(out_dir / "explain.json", summary)
     return summary

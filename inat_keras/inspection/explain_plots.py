@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,25 @@ def plot_guided_backprop(image: np.ndarray, result: dict[str, Any], path: Path, 
     neurons = zip(result["channels"], result["positions"], result["activations"], strict=True)
     for index, (channel, (y, x), activation) in enumerate(neurons):
         axis = axes.flat[index + 1]
-        axis.imshow(as_picture(result["maps"][index]))
-        axis.set_title(f"{result['layer']} channel {channel}\nat ({y}, {x}), activation {activation:.2f}", fontsize=8)
-    figure.suptitle(f"{title}\nguided backpropagation: the input pattern exciting each neuron (grey = no effect)")
+        gradient = result["maps"][index]
+        axis.imshow(as_picture(gradient))
+        # A ReLU6 saturated at 6 (or a dead ReLU) passes no gradient: a flat grey tile, said so.
+        flat = "\nno gradient reaches the input" if np.ptp(gradient) == 0 else ""
+        # Counted from 1, as the feature maps' channels and the filters are.
+        axis.set_title(
+            f"{result['layer']} channel {channel + 1}\nat ({y + 1}, {x + 1}), activation {activation:.2f}{flat}", fontsize=8
+        )
+    figure.suptitle(
+        f"{title}\nguided backpropagation: the input pattern exciting each neuron (grey = no effect); "
+        "channel and (row, column) counted from 1"
+    )
     save_figure(figure, path)
 
 
-def plot_gradcam(image: np.ndarray, maps: dict[str, np.ndarray], layer: str, path: Path, title: str) -> None:
+def plot_gradcam(
+    image: np.ndarray, maps: dict[str, np.ndarray], layer: str, path: Path, title: str, warnings: list[str] | None = None
+) -> str:
+    """The image and each class activation map over it; ``warnings`` join the title. Returns the title drawn."""
 
     plt = pyplot()
     figure, axes = plt.subplots(1, 1 + len(maps), figsize=(4.2 * (1 + len(maps)), 4.6), layout="constrained")
@@ -115,5 +128,10 @@ def plot_gradcam(image: np.ndarray, maps: dict[str, np.ndarray], layer: str, pat
         axis.set_title(f"{name} on {layer}")
         axis.axis("off")
     figure.colorbar(shown, ax=list(axes[1:]), fraction=0.03, label="importance for the predicted class (0-1)")
-    figure.suptitle(title)
+    width = 40 * (1 + len(maps))  # characters of title per line, about the figure's width
+    heading = "\n".join(
+        [title, *(textwrap.fill(f"warning: {warning}", width, break_on_hyphens=False) for warning in warnings or [])]
+    )
+    figure.suptitle(heading, color="darkred" if warnings else "black")
     save_figure(figure, path)
+    return heading

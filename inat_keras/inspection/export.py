@@ -22,7 +22,7 @@ from inat_keras.inspection.formats import CHECK_IMAGES, FILE_NAMES, FORMATS, TOL
 from inat_keras.inspection.trained import TrainedModel, image_batches
 from inat_keras.models.augment import is_augmentation_layer
 from inat_keras.runs import split_test_rows
-from inat_keras.storage import read_json, write_json
+from inat_keras.storage import make_dir, read_json, write_json
 
 
 def export_savedmodel(model: Any, path: Path) -> None:
@@ -91,6 +91,19 @@ def is_mixed_precision(model: Any) -> bool:
     return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
 
 
+def is_exact_gelu(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.gelu
+
+
+def gelu_by_erf(x: Any) -> Any:
+    """Keras's exact GELU, x/2 (1 + erf(x/sqrt 2)), with ``erf``: TensorFlow's writes it with ``erfc``, which ONNX lacks."""
+    from keras import ops
+
+    return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
+
+
 def serving_model(model: Any) -> Any:
     """The model as a serving runtime should see it: float32 compute, no augmentation layers.
 
@@ -98,25 +111,28 @@ def serving_model(model: Any) -> Any:
     its float16 ops (they become "Flex" TensorFlow ops), and serving runtimes expect float32.
     The variables are float32 either way, so the weights copy unchanged. Augmentation layers
     (``--augment-placement model``) pass images through at inference, but their random ops stay
-    in the traced graph, and tf2onnx has no converter for them: the copy leaves them out.
+    in the traced graph, and tf2onnx has no converter for them: the copy leaves them out. The
+    exact GELU (ConvNeXt's, ``--activation gelu``) traces to TensorFlow's ``Erfc``, which ONNX lacks:
+    the copy computes it with ``erf`` (``gelu_by_erf``).
     """
     import keras
 
     mixed = is_mixed_precision(model)
     augmented = any(is_augmentation_layer(layer) for layer in model.layers)
-    if not (mixed or augmented):
+    gelu = any(is_exact_gelu(layer) for layer in model.layers)
+    if not (mixed or augmented or gelu):
         return model
 
     def as_float32(layer: Any) -> Any:
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+        if is_exact_gelu(layer):
+            return keras.layers.Activation(gelu_by_erf, name=layer.name, dtype="float32" if mixed else layer.dtype_policy)
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}) if mixed else layer
 
     def skip_augmentation(layer: Any, *args: Any, **kwargs: Any) -> Any:
         return args[0] if is_augmentation_layer(layer) else layer(*args, **kwargs)
 
     # Without a dtype change the layers themselves are reused: same weights, nothing to copy.
-    copy = keras.models.clone_model(
-        model, clone_function=as_float32 if mixed else (lambda layer: layer), call_function=skip_augmentation
-    )
+    copy = keras.models.clone_model(model, clone_function=as_float32, call_function=skip_augmentation)
     if mixed:
         copy.set_weights(model.get_weights())
     return copy
@@ -154,7 +170,7 @@ def export_model(trained: TrainedModel, fmt: str, out_dir: Path, *, tolerance: f
     """Export, reload, compare on a batch of images; raise if the export disagrees beyond ``tolerance``."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     path = out_dir / FILE_NAMES[fmt]
     # Written beside the target and renamed, so a failed export never leaves half an artifact.
     staging = out_dir / f".partial-{path.name}"  # keeps the suffix Keras checks

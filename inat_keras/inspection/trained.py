@@ -18,8 +18,7 @@ from inat_keras.config import RunConfig
 from inat_keras.data.decode import decode_pool, load_image
 from inat_keras.errors import UserError
 from inat_keras.models.augment import load_model
-from inat_keras.runs import BEST_MODEL, CONFIG_FILE
-from inat_keras.storage import read_json
+from inat_keras.runs import BEST_MODEL, CONFIG_FILE, damaged_model_file, load_run_config, read_config_json
 
 
 @dataclass
@@ -66,8 +65,8 @@ def load_trained(source: str | os.PathLike, classes: Sequence[str] | None = None
     model_path, run_dir = locate_model(source)
     config, class_names = None, list(classes) if classes else None
     if run_dir is not None:
-        raw = read_json(run_dir / CONFIG_FILE)
-        config = RunConfig.from_dict({k: v for k, v in raw.items() if k != "class_names"})
+        raw = read_config_json(run_dir)
+        config = load_run_config(run_dir)
         if class_names is None:
             class_names = list(raw.get("class_names") or [])
     if not class_names:
@@ -75,6 +74,9 @@ def load_trained(source: str | os.PathLike, classes: Sequence[str] | None = None
             f"no class names for {model_path}: it has no config.json beside it; pass --classes a,b,c "
             "(in the model's output order) or a file with one class per line"
         )
+    damage = damaged_model_file(model_path)
+    if damage:
+        raise UserError(f"{model_path} is {damage}: train the run again, or restore the file from a backup")
     try:
         model = load_model(model_path, compile=False)
     except (OSError, ValueError) as error:

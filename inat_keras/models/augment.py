@@ -1,9 +1,14 @@
-"""RandomAffine: random zoom, shift and rotation as one bilinear warp that XLA compiles.
+"""Augmentation: the ``--augment`` policies, random erasing, MixUp/CutMix, and where they run.
 
-Keras's RandomZoom, RandomTranslation and RandomRotation each resample the image, three
-interpolations in all, with ``ImageProjectiveTransformV3``, which has no XLA kernel: a model holding
-them trains without XLA (Keras only warns). This layer draws the three at once and resamples once,
-with gathers that XLA compiles, so a GPU run augments inside its compiled train step.
+The per-image layers (``image_augmentation``) run in the tf.data pipeline or as the model's first
+layers (``--augment-placement``); MixUp and CutMix mix labels too, so they always run in the
+pipeline, on training batches only (``data.pipeline.batched``).
+
+RandomAffine: random zoom, shift and rotation as one bilinear warp that XLA compiles. Keras's
+RandomZoom, RandomTranslation and RandomRotation each resample the image, three interpolations in
+all, with ``ImageProjectiveTransformV3``, which has no XLA kernel: a model holding them trains
+without XLA (Keras only warns). This layer draws the three at once and resamples once, with
+gathers that XLA compiles, so a GPU run augments inside its compiled train step.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import keras
 from keras import ops
 
 from inat_keras import devices
-from inat_keras.config import AUGMENT_PLACEMENTS, DataConfig
+from inat_keras.config import AUGMENT_PLACEMENTS, AUGMENT_POLICIES, DataConfig
 from inat_keras.errors import UserError
 
 
@@ -115,47 +120,123 @@ def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
     return keras.models.load_model(path, **kwargs)
 
 
-# -- tf.data ----------------------------------------------------------------------------
+# -- augmentation layers ------------------------------------------------------------------
 
 
 AUGMENT_PREFIX = "augment_"
 
 
-def augmentation_layers(seed: int | None = None) -> list[keras.layers.Layer]:
-    """Random zoom in, shift and small rotation (one warp), horizontal flip, colour jitter.
+def augmentation_layers(
+    seed: int | None = None, *, policy: str = "basic", magnitude: float = 0.5, ops: int = 2
+) -> list[keras.layers.Layer]:
+    """The ``--augment`` stack of ``policy``: a random crop (zoom in and shift) and a horizontal flip, then
+
+    - "basic": a small rotation (in the same warp) and colour jitter;
+    - "randaugment": ``keras.layers.RandAugment`` (``ops`` operations of strength ``magnitude``);
+    - "augmix": ``keras.layers.AugMix``.
 
     Keras layers (the warp is ours: ``augment.RandomAffine``, which XLA compiles): they change
     images only when called with ``training=True``, so the same layers serve in the tf.data map and
-    inside a model (where inference skips them).
+    inside a model (where inference skips them). RandAugment and AugMix rotate, shear and translate
+    with Keras's own warps, which XLA cannot compile (see ``training.runtime.xla_blockers``).
     """
     import keras
 
     # float32 whatever the mixed-precision policy: float16 arithmetic on a CPU is emulated (slower) and
     # rounds 0-255 pixel values.
     f32: dict[str, Any] = {"seed": seed, "dtype": "float32"}
-    return [
-        RandomAffine(zoom_in=0.4, shift=0.1, rotation=0.04, name=f"{AUGMENT_PREFIX}affine", **f32),
+    if policy == "basic":
+        return [
+            RandomAffine(zoom_in=0.4, shift=0.1, rotation=0.04, name=f"{AUGMENT_PREFIX}affine", **f32),
+            keras.layers.RandomFlip("horizontal", name=f"{AUGMENT_PREFIX}flip", **f32),
+            keras.layers.RandomColorJitter(
+                value_range=(0, 255),
+                brightness_factor=0.2,
+                contrast_factor=0.2,
+                saturation_factor=0.2,
+                name=f"{AUGMENT_PREFIX}colour",
+                **f32,
+            ),
+        ]
+    # As timm's recipes: the crop and flip, then the policy, which brings its own rotations and colour changes.
+    crop_and_flip = [
+        RandomAffine(zoom_in=0.4, shift=0.1, rotation=0.0, name=f"{AUGMENT_PREFIX}affine", **f32),
         keras.layers.RandomFlip("horizontal", name=f"{AUGMENT_PREFIX}flip", **f32),
-        keras.layers.RandomColorJitter(
-            value_range=(0, 255),
-            brightness_factor=0.2,
-            contrast_factor=0.2,
-            saturation_factor=0.2,
-            name=f"{AUGMENT_PREFIX}colour",
-            **f32,
-        ),
     ]
+    if policy == "randaugment":
+        return [
+            *crop_and_flip,
+            keras.layers.RandAugment(
+                value_range=(0, 255), num_ops=ops, factor=magnitude, name=f"{AUGMENT_PREFIX}randaugment", **f32
+            ),
+        ]
+    if policy == "augmix":
+        return [*crop_and_flip, keras.layers.AugMix(value_range=(0, 255), name=f"{AUGMENT_PREFIX}augmix", **f32)]
+    raise UserError(f"--augment-policy {policy}: choose one of {', '.join(AUGMENT_POLICIES)}")
+
+
+def image_augmentation(config: DataConfig) -> list[keras.layers.Layer]:
+    """Every per-image random layer ``config`` asks for: the ``--augment`` policy's stack, then random erasing."""
+    import keras
+
+    layers = []
+    if config.augment:
+        layers = augmentation_layers(
+            config.seed, policy=config.augment_policy, magnitude=config.randaugment_magnitude, ops=config.randaugment_ops
+        )
+    if config.random_erasing:
+        # factor (p, p): Keras draws each image's erasing probability from [low, high]; a single p would mean p / 2.
+        layers.append(
+            keras.layers.RandomErasing(
+                factor=(config.random_erasing, config.random_erasing),
+                value_range=(0, 255),
+                seed=config.seed,
+                dtype="float32",
+                name=f"{AUGMENT_PREFIX}erasing",
+            )
+        )
+    return layers
 
 
 def is_augmentation_layer(layer: keras.layers.Layer) -> bool:
     return layer.name.startswith(AUGMENT_PREFIX)
 
 
-def make_augmentation(seed: int | None = None) -> keras.Sequential:
-    """The augmentation layers as one Sequential, for the tf.data map."""
+def make_augmentation(seed: int | None = None, **policy: Any) -> keras.Sequential:
+    """``augmentation_layers`` as one Sequential (``policy``: its keyword arguments)."""
     import keras
 
-    return keras.Sequential(augmentation_layers(seed), name="augmentation")
+    return keras.Sequential(augmentation_layers(seed, **policy), name="augmentation")
+
+
+def batch_mixers(config: DataConfig) -> list[keras.layers.Layer]:
+    """``keras.layers.MixUp`` and/or ``keras.layers.CutMix`` as ``config`` asks: they mix images and one-hot labels.
+
+    Both draw the mixing weight from Beta(alpha, alpha), as timm's ``--mixup``/``--cutmix`` do:
+    CutMix's ``factor=(alpha, alpha)`` fixes the alpha it would otherwise draw from [0, factor].
+    """
+    import keras
+
+    mixers = []
+    if config.mixup:
+        mixers.append(keras.layers.MixUp(alpha=config.mixup, seed=config.seed, dtype="float32", name=f"{AUGMENT_PREFIX}mixup"))
+    if config.cutmix:
+        mixers.append(
+            keras.layers.CutMix(
+                factor=(config.cutmix, config.cutmix), seed=config.seed, dtype="float32", name=f"{AUGMENT_PREFIX}cutmix"
+            )
+        )
+    return mixers
+
+
+def augments_images(config: DataConfig) -> bool:
+    """Whether training images pass through per-image random layers (``--augment``, ``--random-erasing``)."""
+    return config.augment or config.random_erasing > 0
+
+
+def randomises_training_data(config: DataConfig) -> bool:
+    """Whether an epoch's training batches differ from the last one's beyond their order (augmentation or mixing)."""
+    return augments_images(config) or config.mixup > 0 or config.cutmix > 0
 
 
 def resolve_augment_placement(placement: str) -> str:
@@ -174,9 +255,13 @@ def resolve_augment_placement(placement: str) -> str:
 
 
 def augments_in_model(config: DataConfig) -> bool:
-    return config.augment and resolve_augment_placement(config.augment_placement) == "model"
+    return augments_images(config) and resolve_augment_placement(config.augment_placement) == "model"
 
 
 def augmentation_for_model(config: DataConfig) -> list[keras.layers.Layer] | None:
-    """The layers a model builder puts after its input, or None when the pipeline augments."""
-    return augmentation_layers(config.seed) if augments_in_model(config) else None
+    """The layers a model builder puts after its input, or None when the pipeline augments.
+
+    MixUp and CutMix are never among them: they mix labels too, which a model never sees; the
+    pipeline applies them to each training batch wherever the per-image layers run.
+    """
+    return image_augmentation(config) if augments_in_model(config) else None

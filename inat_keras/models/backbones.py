@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ class Backbone:
     preprocessing: str
     last_conv_layer: str  # the layer Grad-CAM reads
     extra_kwargs: tuple[tuple[str, Any], ...] = ()
+    # Keras ends a no-top ConvNeXt with a LayerNormalization named by a process-wide counter
+    # ("layer_normalization_3"): the build names it ``last_conv_layer``, so Grad-CAM finds it in every model.
+    names_last_layer: bool = False
 
     @property
     def preprocess_input(self) -> Callable:
@@ -46,7 +50,11 @@ class Backbone:
     def build(self, **kwargs: Any) -> Any:
         import keras
 
-        return getattr(keras.applications, self.constructor)(include_top=False, **dict(self.extra_kwargs), **kwargs)
+        model = getattr(keras.applications, self.constructor)(include_top=False, **dict(self.extra_kwargs), **kwargs)
+        if self.names_last_layer:
+            # Before the model is saved or cloned: both read the layer's name then (its weights' paths never).
+            model.layers[-1].name = self.last_conv_layer
+        return model
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -68,6 +76,43 @@ BACKBONES: dict[str, Backbone] = {
             "inside",
             "top_activation",
             (("include_preprocessing", True),),
+        ),
+        # Keras's EfficientNetV2-M and -L weights: ImageNet-1k, evaluated at 480 px.
+        Backbone(
+            "efficientnetv2m",
+            "efficientnet_v2",
+            "EfficientNetV2M",
+            480,
+            32,
+            "inside",
+            "top_activation",
+            (("include_preprocessing", True),),
+        ),
+        Backbone(
+            "efficientnetv2l",
+            "efficientnet_v2",
+            "EfficientNetV2L",
+            480,
+            32,
+            "inside",
+            "top_activation",
+            (("include_preprocessing", True),),
+        ),
+        # ConvNeXt normalises its 0-255 input itself (a Normalization layer) and uses LayerNormalization, which
+        # keeps no running statistics (see transfer.set_trainable). Tiny and Small: ImageNet-1k weights; Base:
+        # ImageNet-21k, fine-tuned on ImageNet-1k; all at 224 px.
+        *(
+            Backbone(
+                f"convnext_{size}",
+                "convnext",
+                f"ConvNeXt{size.title()}",
+                224,
+                32,
+                "inside",
+                f"convnext_{size}_layernorm",
+                names_last_layer=True,
+            )
+            for size in ("tiny", "small", "base")
         ),
     )
 }
@@ -103,10 +148,19 @@ def is_download_failure(error: Exception) -> bool:
 
 
 def download_failure_message(backbone: Backbone, error: Exception) -> str:
-    reason = brief(error)
+    """One line naming the weights file Keras tried to fetch (read from ``keras.utils.get_file``'s message) and the fixes."""
+    fetch = re.search(r"URL fetch failure on (\S+?): (.*)", " ".join(str(error).split()))
+    if fetch is None:
+        return (
+            f"could not download the ImageNet weights of {backbone.name} ({brief(error)}): pass --weights PATH to a "
+            f"local no-top weights file (Keras caches them in ~/.keras/models on a machine with internet), or --weights none"
+        )
+    url, reason = fetch.groups()
+    file = url.rsplit("/", 1)[-1]
     return (
-        f"could not download the ImageNet weights of {backbone.name} ({reason}): pass --weights PATH to a local "
-        f"no-top weights file (Keras caches them in ~/.keras/models on a machine with internet), or --weights none"
+        f"could not download {file}, the ImageNet weights of {backbone.name} ({brief(Exception(reason), 120)}): "
+        f"on a machine with internet, get {url} (Keras keeps it as ~/.keras/models/{file}) and pass "
+        f"--weights PATH to that file, or pass --weights none"
     )
 
 

@@ -5,7 +5,8 @@ The model is one flat functional graph: raw 0-255 RGB image -> the backbone's ow
 backpropagation can reach every layer) -> global average pooling -> dropout -> [dense] -> a
 float32 softmax. BatchNormalization layers stay frozen (inference mode) in every strategy, as the
 Keras transfer-learning guide advises: unfreezing them wrecks the pretrained statistics on
-small batches.
+small batches. ConvNeXt normalises with LayerNormalization instead, which has no statistics to
+freeze (see ``set_trainable``).
 """
 
 from __future__ import annotations
@@ -71,9 +72,114 @@ def build_transfer(
         x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dense_dropout{index}")(x)
     # float32 softmax: under mixed precision a float16 softmax loses small probabilities.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=PREDICTIONS_NAME)(x)
-    model = keras.Model(images, outputs, name=f"transfer_{spec.name}")
+    model = flat_graph(keras.Model(images, outputs, name=f"transfer_{spec.name}"))
     set_trainable(model, unfreeze)
     return model
+
+
+def is_grouped_depthwise(layer: Any) -> bool:
+    """A ``Conv2D`` with one group per input channel and one filter per group: a depthwise convolution."""
+    import keras
+
+    return (
+        isinstance(layer, keras.layers.Conv2D)
+        and layer.groups > 1
+        and layer.groups == layer.filters == int(layer.kernel.shape[-1])
+        and int(layer.kernel.shape[-2]) == 1
+    )
+
+
+def as_depthwise(layer: Any) -> Any:
+    """A ``DepthwiseConv2D`` computing what the grouped ``Conv2D`` ``layer`` does, with its name; weights set on call."""
+    import keras
+
+    config = layer.get_config()
+    return keras.layers.DepthwiseConv2D(
+        kernel_size=config["kernel_size"],
+        strides=config["strides"],
+        padding=config["padding"],
+        data_format=config["data_format"],
+        dilation_rate=config["dilation_rate"],
+        activation=config["activation"],
+        use_bias=config["use_bias"],
+        name=layer.name,
+        dtype=layer.dtype_policy,
+        trainable=layer.trainable,
+    )
+
+
+def depthwise_weights(layer: Any) -> list[Any]:
+    """The weights of a grouped ``Conv2D`` in ``DepthwiseConv2D``'s layout."""
+    import keras
+    import numpy as np
+
+    # Conv2D's grouped kernel is (height, width, 1, channels); DepthwiseConv2D's is (height, width, channels, 1).
+    kernel = np.transpose(keras.ops.convert_to_numpy(layer.kernel), (0, 1, 3, 2))
+    return [kernel, *([keras.ops.convert_to_numpy(layer.bias)] if layer.use_bias else [])]
+
+
+def is_fixed_normalization(layer: Any) -> bool:
+    """A ``Normalization`` given its mean and variance as constants (no weights), such as ConvNeXt's first layer."""
+    import keras
+
+    return isinstance(layer, keras.layers.Normalization) and not layer.weights and not layer.invert
+
+
+def as_rescaling(layer: Any) -> Any:
+    """The ``Rescaling`` (named ``preprocess``, like the other backbones' preprocessing) that a fixed ``Normalization`` is."""
+    import keras
+    import numpy as np
+
+    mean = np.asarray(keras.ops.convert_to_numpy(layer.mean), dtype=np.float64).reshape(-1)
+    deviation = np.sqrt(np.asarray(keras.ops.convert_to_numpy(layer.variance), dtype=np.float64).reshape(-1))
+    scale = 1.0 / np.maximum(deviation, keras.config.epsilon())
+    return keras.layers.Rescaling(scale.tolist(), offset=(-mean * scale).tolist(), name=PREPROCESS_NAME)
+
+
+def flat_graph(model: Any) -> Any:
+    """``model`` with the layers of nested Sequential blocks called one by one, grouped depthwise
+    convolutions as ``DepthwiseConv2D`` and fixed normalisations as ``Rescaling``; the same weights and
+    outputs (to float rounding). A model with none of these is returned as it is.
+
+    ConvNeXt (``keras.applications``) nests its stem and downsampling layers in Sequential models,
+    which Grad-CAM, the feature maps and the layer count of ``--unfreeze`` cannot see into; it
+    writes its 7x7 depthwise convolutions as ``Conv2D(groups=channels)``, whose gradient TensorFlow
+    computes about 100 times slower on a CPU than ``DepthwiseConv2D``'s (0.6 s against 0.006 s for
+    one layer on a batch of two 8x8 maps, measured here): an eager ConvNeXt-Tiny step took 15-20 s;
+    and its input ``Normalization`` holds its statistics as constants, which tf2onnx mistakes for
+    missing model inputs, so the ONNX export failed.
+
+    Every layer of the new graph is a copy called once: a layer called in two graphs would answer
+    ``layer.output`` (feature cache, Grad-CAM) from the first one.
+    """
+    import keras
+
+    if not any(
+        isinstance(layer, keras.Sequential) or is_grouped_depthwise(layer) or is_fixed_normalization(layer)
+        for layer in model.layers
+    ):
+        return model
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(layer, keras.Sequential):
+            x = args[0]
+            for inner in layer.layers:
+                x = call(inner, x)
+            return x
+        if not isinstance(layer, keras.layers.Layer):
+            return layer(*args, **kwargs)  # an operation of the graph, such as ConvNeXt's residual additions
+        if is_grouped_depthwise(layer):
+            copy, weights = as_depthwise(layer), depthwise_weights(layer)
+        elif is_fixed_normalization(layer):
+            copy, weights = as_rescaling(layer), []
+        else:
+            copy, weights = layer.__class__.from_config(layer.get_config()), layer.get_weights()
+        outputs = copy(*args, **kwargs)
+        if weights:
+            copy.set_weights(weights)
+        return outputs
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
 
 
 def check_head(num_classes: int, dropout: float, dense_units: Sequence[int]) -> None:
@@ -110,6 +216,11 @@ def head_layers(model: Any) -> list[Any]:
 
 def set_trainable(model: Any, unfreeze: int | str) -> None:
     """Head trainable; the top ``unfreeze`` backbone layers too (or all); never BatchNormalization.
+
+    "Frozen normalisation" is about BatchNormalization's moving mean and variance, which a small
+    batch would overwrite. LayerNormalization (ConvNeXt's) normalises each image at each position
+    by its own channels, the same in training and inference, and keeps no statistics: an unfrozen
+    one trains its scale and offset like any other layer, and a frozen one keeps them.
 
     Call ``compile`` afterwards: Keras fixes the set of trained weights when a model is compiled.
     """

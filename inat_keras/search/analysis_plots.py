@@ -7,14 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from inat_keras.plots import pyplot, save_figure
+from inat_keras.runs import trial_number
 from inat_keras.search.space import OBJECTIVE
-from inat_keras.search.trials import TrialRecord, is_categorical, is_log, ranked
+from inat_keras.search.trials import TrialRecord, is_categorical, is_log, ordered_choices, ranked
 
 # -- plots ------------------------------------------------------------------------------------------------
 
 
 def plot_accuracy_vs_created(trials: list[TrialRecord], path: Path, title: str) -> None:
+    save_figure(draw_accuracy_vs_created(trials, title), path)
 
+
+def draw_accuracy_vs_created(trials: list[TrialRecord], title: str) -> Any:
+    """Each completed trial's validation accuracy at its start time, labelled with its trial number (KerasTuner's #N),
+    and the best so far. The legend sits outside the axes, where it hides no trial."""
     plt = pyplot()
     # (start, trial) pairs, so the start is known not to be None where it is used.
     timed = sorted(((start, t) for t in trials if t.completed and (start := t.start)), key=lambda pair: pair[0])
@@ -26,8 +32,9 @@ def plot_accuracy_vs_created(trials: list[TrialRecord], path: Path, title: str) 
         axis.scatter(starts, accuracy, c=accuracy, cmap="viridis", zorder=3, label="trial")
         axis.step(starts, best, where="post", color="tab:red", label="best so far")
         for start, t in timed:
-            axis.annotate(t.trial_id, (start, t.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axis.legend(loc="lower right")
+            label = str(trial_number(t.trial_id))
+            axis.annotate(label, (start, t.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         figure.autofmt_xdate()
     else:
         axis.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=axis.transAxes)
@@ -35,24 +42,50 @@ def plot_accuracy_vs_created(trials: list[TrialRecord], path: Path, title: str) 
     axis.set_ylabel("validation accuracy")
     axis.set_title(f"{title}: validation accuracy by start time")
     axis.grid(alpha=0.3)
-    save_figure(figure, path)
+    return figure
 
 
-def axis_positions(name: str, values: list[Any], categorical: bool, log: bool) -> tuple[list[float], list[tuple[float, str]]]:
-    """Values placed on [0, 1], and (position, label) ticks; categories evenly spaced."""
+def is_integer(values: list[Any]) -> bool:
+    """Whole numbers only (KerasTuner's Int and Choice of ints), so the axis gets no 4.5 tick."""
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def axis_positions(
+    name: str, values: list[Any], categorical: bool, log: bool, choices: list[float] | None = None
+) -> tuple[list[float], list[tuple[float, str]]]:
+    """Values placed on [0, 1], and (position, label) ticks: categories and the values of a numeric Choice
+    evenly spaced, each labelled (0, 1e-05, 0.0001, 0.001 read better so than on a linear axis); ranges with
+    integers at whole numbers."""
+    if choices and all(v in choices for v in values):
+        place = {c: (i / (len(choices) - 1) if len(choices) > 1 else 0.5) for i, c in enumerate(choices)}
+        return [place[v] for v in values], [(place[c], f"{c:g}") for c in choices]
     if categorical:
         categories = sorted({str(v) for v in values})
         spot = {c: (i / (len(categories) - 1) if len(categories) > 1 else 0.5) for i, c in enumerate(categories)}
         return [spot[str(v)] for v in values], [(spot[c], c) for c in categories]
     numbers = [math.log10(float(v)) if log else float(v) for v in values]
     low, high = min(numbers), max(numbers)
-    span = (high - low) or 1.0
-    ticks = [(0.0, low), (0.5, (low + high) / 2), (1.0, high)] if high > low else [(0.0, low)]
+    if high == low:
+        return [0.5 for _ in numbers], [(0.5, f"{10**low:.3g}" if log else f"{low:.3g}")]
+    scaled = lambda n: (n - low) / (high - low)
+    if is_integer(values) and not log:
+        # The values the trials took when they are few (16, 32, 64 filters), else about five whole numbers.
+        taken = sorted({int(n) for n in numbers})
+        step = max(1, math.ceil((high - low) / 5))
+        ticks = taken if len(taken) <= 6 else sorted({*range(int(low), int(high) + 1, step), int(high)})
+        return [scaled(n) for n in numbers], [(scaled(t), str(t)) for t in ticks]
+    ticks = [low, (low + high) / 2, high]
     label = (lambda x: f"{10**x:.3g}") if log else (lambda x: f"{x:.3g}")
-    return [(n - low) / span if high > low else 0.5 for n in numbers], [(p, label(x)) for p, x in ticks]
+    return [scaled(n) for n in numbers], [(scaled(x), label(x)) for x in ticks]
 
 
 def plot_parallel_coordinates(trials: list[TrialRecord], names: list[str], space: dict[str, Any], path: Path, title: str) -> None:
+    save_figure(draw_parallel_coordinates(trials, names, space, title), path)
+
+
+def draw_parallel_coordinates(trials: list[TrialRecord], names: list[str], space: dict[str, Any], title: str) -> Any:
+    """One line per completed trial through an axis per hyperparameter and validation accuracy; the labels of
+    each axis in white boxes above the lines. Returns the figure; ``figure.axes[0].texts`` are the tick labels."""
     import matplotlib
 
     plt = pyplot()
@@ -68,11 +101,13 @@ def plot_parallel_coordinates(trials: list[TrialRecord], names: list[str], space
         columns = []
         for x, name in enumerate(axes_names):
             values = accuracy if name == OBJECTIVE else [t.values.get(name) for t in done]
-            positions, ticks = axis_positions(name, values, is_categorical(name, done), is_log(name, space))
+            choices = None if name == OBJECTIVE else ordered_choices(name, space)
+            positions, ticks = axis_positions(name, values, is_categorical(name, done), is_log(name, space), choices)
             columns.append(positions)
             axis.axvline(x, color="0.3", linewidth=1)
             for position, label in ticks:
-                axis.text(x + 0.03, position, label, fontsize=7, va="center")
+                box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "0.6", "alpha": 0.9}
+                axis.text(x + 0.04, position, label, fontsize=7, va="center", bbox=box, zorder=5)
         for i, value in enumerate(accuracy):  # one per trial of done, in its order
             axis.plot(range(len(axes_names)), [c[i] for c in columns], color=cmap(norm(value)), linewidth=1.8, alpha=0.85)
         figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axis, label="validation accuracy")
@@ -81,7 +116,7 @@ def plot_parallel_coordinates(trials: list[TrialRecord], names: list[str], space
     axis.set_xlim(-0.2, len(axes_names) - 0.6)
     axis.set_ylim(-0.05, 1.05)
     axis.set_title(f"{title}: one line per completed trial")
-    save_figure(figure, path)
+    return figure
 
 
 def plot_importance(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -99,6 +134,7 @@ def plot_importance(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     right.set_xlabel("Spearman correlation with validation accuracy")
     if not shown:
         left.text(0.5, 0.5, "fewer than 2 completed trials", ha="center", va="center", transform=left.transAxes)
-    figure.suptitle(f"{title}: parameter importance")
+    trials = f" over {shown[0]['trials']} completed trials" if shown else ""
+    figure.suptitle(f"{title}: parameter importance{trials}")
     figure.tight_layout()
     save_figure(figure, path)

@@ -15,13 +15,17 @@ from inat_keras.config import RunConfig
 from inat_keras.data.files import DatasetSplit
 from inat_keras.data.pipeline import batched, cached_images
 from inat_keras.models.factory import build_model
+from inat_keras.runs import trial_number
 from inat_keras.search.space import OBJECTIVE, declare, trial_config
+from inat_keras.training.determinism import epoch_reseeding
 from inat_keras.training.finetune import fit_transfer
-from inat_keras.training.runtime import compile_model, set_precision
+from inat_keras.training.runtime import compile_model, ema_callbacks, set_precision
+from inat_keras.training.tensorboard import tensorboard_callback, trial_log_dir
 from inat_keras.training.tracking import WandbRun, start_wandb
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
 
 # Early stopping inside a trial when --early-stopping does not set it: a trial that stalls for
 # three epochs rarely becomes the best one, and the budget goes to the next trial instead.
@@ -62,11 +66,19 @@ class TrialModels(kt.HyperModel):
         patience = config.train.early_stopping or TRIAL_PATIENCE
         # One History over all of fit_transfer's phases (each model.fit call starts its own).
         history = keras.callbacks.History()
-        callbacks = [*callbacks, keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=patience), history]
+        callbacks = [
+            epoch_reseeding(config.data.seed),  # each epoch's random layers draw from (seed, epoch): trials repeat
+            *callbacks,
+            keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=patience),
+            history,
+        ]
         wandb_run = self.start_tracking(config, trial_id, hp.values)
         if wandb_run is not None:
             callbacks.extend(wandb_run.callbacks())
-        train, validation = self.datasets(config)
+        if config.tracking.tensorboard:
+            log_dir = trial_log_dir(self.search_dir.parent, trial_id, self.executions[trial_id])
+            callbacks.append(tensorboard_callback(log_dir, config.tracking, first_epoch=initial_epoch))
+        train, validation = self.datasets(config, first_epoch=initial_epoch)
         budget = epochs or config.train.epochs
         if config.kind == "transfer":
             fit_transfer_trial(
@@ -86,7 +98,7 @@ class TrialModels(kt.HyperModel):
                 epochs=budget,
                 initial_epoch=initial_epoch,
                 shuffle=False,  # the tf.data pipeline shuffles
-                callbacks=callbacks,
+                callbacks=[*ema_callbacks(config), *callbacks],  # fit_transfer adds its own
                 verbose=verbose,
             )
         if wandb_run is not None:
@@ -94,27 +106,27 @@ class TrialModels(kt.HyperModel):
             wandb_run.finish()
         return history
 
-    def datasets(self, config: RunConfig) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    def datasets(self, config: RunConfig, first_epoch: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         """Images decoded and cached once for the whole search; batched per trial (batch size, augmentation)."""
         if not self.images:
             for subset in ("train", "validation"):
                 files = getattr(self.split, subset)
                 self.images[subset] = cached_images(files, self.base.data, self.num_classes, cache_name=f"search-{subset}")
         return (
-            batched(self.images["train"], config.data, len(self.split.train), training=True),
+            batched(self.images["train"], config.data, len(self.split.train), training=True, first_epoch=first_epoch),
             batched(self.images["validation"], config.data, len(self.split.validation), training=False),
         )
 
     def start_tracking(self, config: RunConfig, trial_id: str, values: dict[str, Any]) -> WandbRun | None:
         execution = self.executions[trial_id] = self.executions.get(trial_id, 0) + 1
-        name = f"{self.base.name}-trial-{trial_id}" + (f"-{execution}" if execution > 1 else "")
+        name = f"{self.base.name}-trial-{trial_number(trial_id)}" + (f"-{execution}" if execution > 1 else "")
         tracking = dataclasses.replace(config.tracking, group=config.tracking.group or self.base.name)
         return start_wandb(
             tracking,
             self.search_dir / f"trial_{trial_id}",
             name=name,
             job_type="search",
-            config={**values, "trial_id": trial_id, "search": self.base.name},
+            config={**values, "trial": trial_number(trial_id), "trial_id": trial_id, "search": self.base.name},
         )
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inat_keras.config import ACTIVATIONS, OPTIMIZERS, POOLINGS, RunConfig
+from inat_keras.config import ACTIVATIONS, AUGMENT_POLICIES, OPTIMIZERS, POOLINGS, RunConfig
 from inat_keras.errors import UserError
 from inat_keras.models.backbones import BACKBONES
 
@@ -53,6 +53,10 @@ def fraction(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def unit_interval(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 def one_of(options: Collection[Any]) -> Callable[[Any], str | None]:
     return lambda value: None if value in options else f"choose among {', '.join(map(str, options))}"
 
@@ -68,6 +72,14 @@ COMMON_PARAMETERS = {
     "label_smoothing": Parameter("train", float, fraction),
     "batch_size": Parameter("data", int, positive),
     "augment": Parameter("data", bool),
+    # Today's recipes (docs/recipes.md); not in the default spaces, a --search-space file adds them.
+    "augment_policy": Parameter("data", str, one_of(AUGMENT_POLICIES)),
+    "randaugment_magnitude": Parameter("data", float, unit_interval),
+    "randaugment_ops": Parameter("data", int, positive),
+    "mixup": Parameter("data", float, non_negative),
+    "cutmix": Parameter("data", float, non_negative),
+    "random_erasing": Parameter("data", float, unit_interval),
+    "ema": Parameter("train", float, fraction),
 }
 SCRATCH_PARAMETERS = {
     "first_filters": Parameter("model", int, positive),

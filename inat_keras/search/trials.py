@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from inat_keras.runs import trial_number
 from inat_keras.search.space import OBJECTIVE
 
 # A Spearman correlation weaker than this is reported as "no clear trend".
@@ -88,14 +89,22 @@ def is_log(name: str, space: dict[str, Any]) -> bool:
     return space.get(name, {}).get("config", {}).get("sampling") == "log"
 
 
+def ordered_choices(name: str, space: dict[str, Any]) -> list[float] | None:
+    """The values of a numeric ``Choice`` (e.g. l2 in 0, 1e-5, 1e-4, 1e-3), sorted; None for any other hyperparameter."""
+    entry = space.get(name, {})
+    values = entry.get("config", {}).get("values") or []
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return sorted(values) if entry.get("class_name") == "Choice" and values and numeric else None
+
+
 def trial_rows(trials: list[TrialRecord], names: list[str]) -> tuple[list[str], list[list[Any]]]:
-    header = ["trial_id", "start_time", "duration_s", "status", *names, OBJECTIVE, "val_loss", "epochs_run"]
+    header = ["trial", "trial_id", "start_time", "duration_s", "status", *names, OBJECTIVE, "val_loss", "epochs_run"]
     rows = []
     for t in trials:
         start = t.start.isoformat(timespec="seconds") if t.start else ""
         seconds = t.metrics.get("trial_seconds")
         rows.append(
-            [t.trial_id, start, "" if seconds is None else round(seconds, 2), t.status]
+            [trial_number(t.trial_id), t.trial_id, start, "" if seconds is None else round(seconds, 2), t.status]
             + [t.values.get(n, "") for n in names]
             + [t.metrics.get(m, "") for m in (OBJECTIVE, "val_loss")]
             + [int(t.metrics["epochs_run"]) if "epochs_run" in t.metrics else ""]
@@ -113,6 +122,7 @@ def best_record(trials: list[TrialRecord]) -> dict[str, Any] | None:
         return None
     t = best[0]
     return {
+        "trial": trial_number(t.trial_id),
         "trial_id": t.trial_id,
         OBJECTIVE: t.accuracy,
         "val_loss": t.metrics.get("val_loss"),

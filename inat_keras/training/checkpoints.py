@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from inat_keras.errors import UserError, brief
 from inat_keras.models.augment import load_model
 from inat_keras.plots import plot_curves
-from inat_keras.runs import BEST_MODEL, CHECKPOINT_DIR, CURVES_FILE, HISTORY_FILE, STATE_FILE, read_run_json
+from inat_keras.runs import BEST_MODEL, CHECKPOINT_DIR, CURVES_FILE, HISTORY_FILE, STATE_FILE, damaged_model_file, read_run_json
 from inat_keras.storage import atomic_write, write_csv, write_json
 from inat_keras.training.faults import failed_writes_as_user_errors, sigint_deferred
 
@@ -104,9 +104,11 @@ class EpochCheckpoint(KerasCallback):
         state["history"].append(row)
         state["train_seconds"] += seconds
         val_accuracy = logs.get("val_accuracy", float("nan"))
-        if not math.isfinite(logs.get("loss", float("nan"))):
+        loss = logs.get("loss", float("nan"))
+        if not math.isfinite(loss) or diverging(loss, state["history"], self.model.output_shape[-1]):
+            # Nothing of this epoch is saved: best.keras and the checkpoint stay at the last sane epoch.
             self.model.stop_training = True
-            state["stopped"] = "nan"
+            state["stopped"] = "nan" if not math.isfinite(loss) else "diverged"
             return
         improved = val_accuracy > state["best_val_accuracy"]
         if improved:
@@ -129,6 +131,26 @@ class EpochCheckpoint(KerasCallback):
         write_history(self.run_dir, state["history"], self.title)
 
 
+# A training loss this many times that of uniform guessing (ln of the class count) is not learning:
+# a model that puts e^-230 on the true class (10 classes, x100) has diverged. Weight decay and label
+# smoothing add little to a loss; a normal run's training loss starts near ln(classes) and falls.
+DIVERGED_ONCE = 1e4  # in any single epoch (a learning rate of 1e6 gives 4e19 in epoch 1)
+DIVERGED_TWICE = 100.0  # in two epochs in a row
+DIVERGED_GROWTH = 1e3  # or this many times the first epoch's loss
+
+
+def diverging(loss: float, history: list[dict[str, float]], num_classes: Any) -> bool:
+    """Whether a finite training loss shows divergence; ``history`` ends with this epoch's row."""
+    uniform = math.log(max(int(num_classes or 2), 2))
+    if loss > DIVERGED_ONCE * uniform:
+        return True
+    earlier = [row.get("loss", float("nan")) for row in history[:-1]]
+    if earlier and earlier[-1] > DIVERGED_TWICE * uniform and loss > DIVERGED_TWICE * uniform:
+        return True
+    first = earlier[0] if earlier else float("nan")
+    return math.isfinite(first) and loss > uniform and loss > DIVERGED_GROWTH * max(first, 0.0)
+
+
 def remove_temporaries(run_dir: Path) -> None:
     """Half-written temporary files a killed process left behind (never the files they were for)."""
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):
@@ -142,7 +164,41 @@ def load_state(run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     if not path.exists():
         log(f"{run_dir} has no finished epoch ({STATE_FILE} is absent): training starts at epoch 1")
         return new_state()
-    return read_run_json(path, fix=f"delete it to train {run_dir} again from epoch 1")
+    fix = f"delete it to train {run_dir} again from epoch 1"
+    state = read_run_json(path, fix=fix)
+    problem = state_problem(state)
+    if problem:
+        raise UserError(f"{path} is damaged ({problem}): {fix}")
+    return state
+
+
+# The keys a resume reads from state.json, and the JSON values each may hold.
+STATE_SHAPE: dict[str, tuple[type, ...]] = {
+    "epochs_done": (int,),
+    "checkpoint": (str, type(None)),
+    "best_val_accuracy": (int, float),
+    "best_epoch": (int,),
+    "train_seconds": (int, float),
+    "history": (list,),
+    "stopped": (str, type(None)),
+    "finished": (bool,),
+}
+
+
+def state_problem(state: Any) -> str | None:
+    """What makes a parsed ``state.json`` unusable for a resume (a missing key, a wrong type), or None."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__} where an object belongs"
+    for key, allowed in STATE_SHAPE.items():
+        if key not in state:
+            return f'"{key}" is missing'
+        if not isinstance(state[key], allowed) or (bool not in allowed and isinstance(state[key], bool)):
+            return f'"{key}" is {state[key]!r}'
+    if not all(isinstance(row, dict) for row in state["history"]):
+        return '"history" is not a list of epochs'
+    if state["epochs_done"] < 0 or (state["epochs_done"] > 0 and not state["checkpoint"]):
+        return f'"epochs_done" is {state["epochs_done"]} with checkpoint {state["checkpoint"]!r}'
+    return None
 
 
 def load_checkpoint(run_dir: Path, name: str) -> Any:
@@ -150,6 +206,9 @@ def load_checkpoint(run_dir: Path, name: str) -> Any:
     path = run_dir / CHECKPOINT_DIR / name
     if not path.is_file():
         raise UserError(f"{path}, named in {run_dir / STATE_FILE}, is missing: delete {STATE_FILE} to train again from epoch 1")
+    damage = damaged_model_file(path)
+    if damage:
+        raise UserError(f"{path} is {damage}: delete {run_dir / STATE_FILE} to train again from epoch 1")
     try:
         return load_model(path)
     except Exception as error:  # Keras reports a damaged archive as several different errors

@@ -129,10 +129,13 @@ def make_distribution(mode: str, environ: Mapping[str, str] = os.environ) -> Dis
 
 
 def shard_by_data(dataset: Any, distribution: Distribution) -> Any:
-    """Tell TensorFlow to split a file-list dataset by element across workers.
+    """Tell TensorFlow to split the pipeline's batches by element across workers.
 
     The pipeline starts from a list of paths, not from files TensorFlow reads itself, so
-    sharding by file cannot apply; saying DATA outright avoids the fallback warning.
+    sharding by file cannot apply; saying DATA outright avoids the fallback warning. Each worker
+    runs the whole pipeline, so it decodes and holds every image of the split (one uint8 array,
+    ``size * size * 3`` bytes an image) and keeps every k-th global batch of the epoch's order:
+    the same permutation on every worker, since it depends only on (seed, epoch).
     """
     if distribution.mode != "multiworker":
         return dataset

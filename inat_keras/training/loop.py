@@ -5,62 +5,74 @@ The run directory and its files are described in ``inat_keras.runs``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inat_keras.config import RunConfig
 from inat_keras.data.demo import demo_dataset_dir
-from inat_keras.data.files import DatasetSplit, discover_dataset, load_split, make_split, save_split
+from inat_keras.data.files import (
+    DatasetSplit,
+    describe_split,
+    discover_dataset,
+    load_split,
+    make_split,
+    save_split,
+)
 from inat_keras.data.gate import check_before_training, record_in_run, usable_split
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.report import DataReport
-from inat_keras.devices import configure_devices
+from inat_keras.devices import configure_devices, unused_gpu_warning
 from inat_keras.errors import UserError
 from inat_keras.models.augment import load_model, resolve_augment_placement
-from inat_keras.models.factory import build_model, cnn_config, complete_model_settings, model_counts
+from inat_keras.models.factory import cnn_config, complete_model_settings
 from inat_keras.runs import (
     BEST_MODEL,
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    CONFIG_FIX,
     METRICS_FILE,
+    MODEL_SUMMARY_FILE,
     STATE_FILE,
     prepare_run_dir,
+    read_config_json,
     read_run_json,
+    run_dir_locked,
     run_dir_of,
 )
-from inat_keras.storage import read_json, write_json
+from inat_keras.storage import write_json, write_text
 from inat_keras.training.checkpoints import (
     EpochCheckpoint,
     finish_best_commit,
-    load_checkpoint,
     load_state,
     new_state,
     remove_temporaries,
     write_history,
 )
+from inat_keras.training.determinism import epoch_reseeding
 from inat_keras.training.distribute import (
-    Distribution,
-    adapt_model_to_multiworker,
     config_for_worker,
-    describe_scaling,
-    distribution_report,
     make_distribution,
-    scaled_learning_rate,
-    shard_by_data,
 )
 from inat_keras.training.faults import (
     Interrupted,
+    disk_full_message,
     failed_writes_as_user_errors,
+    is_disk_full,
     is_out_of_memory,
     out_of_memory_message,
     released_if_unstarted,
+    resume_command,
 )
-from inat_keras.training.finetune import apply_final_trainability, fit_transfer, validate_transfer
-from inat_keras.training.runtime import compile_model, set_precision
-from inat_keras.training.tracking import WandbRun, start_wandb
+from inat_keras.training.finetune import fit_transfer, validate_transfer
+from inat_keras.training.provenance import command_line, provenance
+from inat_keras.training.runtime import (
+    ema_callbacks,
+)
+from inat_keras.training.setup import TrainingSetup, model_summary, set_up_training
+from inat_keras.training.tensorboard import TENSORBOARD_DIR, tensorboard_callback
+from inat_keras.training.tracking import WandbRun, log_training_files, start_wandb
 
 
 @dataclass
@@ -91,11 +103,18 @@ def train_run(
     resume: bool = False,
     verbose: int | str = "auto",
     log: Callable[[str], None] = print,
+    show_summary: bool = False,
 ) -> RunResult:
-    """Train (or continue) the run ``config`` describes and evaluate it once on the test set."""
+    """Train (or continue) the run ``config`` describes and evaluate it once on the test set.
+
+    ``show_summary``: also log the model summary that the run directory keeps in ``model_summary.txt``.
+    """
     config.train.validate()
     config.data.validate()
     configure_devices()  # first: memory growth and MultiWorkerMirroredStrategy precede any TensorFlow operation
+    warning = unused_gpu_warning()
+    if warning:
+        log(warning)
     distribution = make_distribution(config.train.distribute)
     config = config_for_worker(config, distribution, resume=resume)  # only the chief writes the run directory
     run_dir = run_dir_of(config)
@@ -103,16 +122,26 @@ def train_run(
     if state["finished"]:
         log(f"{run_dir} already finished: nothing to resume")
         return RunResult(run_dir, read_run_json(run_dir / METRICS_FILE, fix=f"delete it and {STATE_FILE} to train again"))
+    state.setdefault("commands", []).append(command_line())  # each process that trains the run, for its provenance
     split, data_report = checked_split(config, run_dir, resume=resume, log=log)
     num_classes = len(split.class_names)
     refuse_unbuildable_model(config, num_classes)
     created = not run_dir.exists()
     prepare_run_dir(run_dir, resume=resume)
     # A new run that fails before its first epoch is committed gives its name back.
-    with released_if_unstarted(run_dir, fresh=not resume, created=created):
+    # One process per run directory (a second --resume would delete the first one's temporary checkpoint).
+    with (
+        run_dir_locked(run_dir, resume=resume),
+        released_if_unstarted(run_dir, fresh=not resume, created=created, resume=resume_command(config, run_dir)),
+    ):
         write_run_files(config, run_dir, split, data_report, resume=resume)
         finish_best_commit(run_dir, state)
         setup = set_up_training(config, run_dir, split, distribution, state, log)
+        summary = model_summary(setup.model)
+        with failed_writes_as_user_errors(run_dir):
+            write_text(run_dir / MODEL_SUMMARY_FILE, summary)
+        if show_summary:
+            log(summary.rstrip("\n"))
         wandb_run = start_wandb(
             config.tracking,
             run_dir,
@@ -124,20 +153,7 @@ def train_run(
             state["wandb_id"] = wandb_run.run.id
         fit_remaining_epochs(config, run_dir, setup, state, wandb_run, verbose=verbose, log=log)
         refuse_nan_loss(config, run_dir, state)
-    return finish_run(config, run_dir, split, setup, state, wandb_run)
-
-
-@dataclass
-class TrainingSetup:
-    """What fit needs, built once per process: the model, its data and what they cost."""
-
-    model: Any
-    datasets: dict[str, Any]
-    steps_per_epoch: int
-    learning_rate: float
-    policy: str
-    counts: dict[str, int]
-    scaling: dict[str, Any]
+        return finish_run(config, run_dir, split, setup, state, wandb_run)
 
 
 def checked_split(
@@ -151,8 +167,12 @@ def checked_split(
         discover_dataset(data_dir)  # the folder layout first: it costs no decoding
     data_report = check_before_training(data_dir, skip_bad=config.data.skip_bad, log=log)
     if not resume:
-        return make_split(config.data, exclude=data_report.bad_paths), data_report
-    class_names = read_json(run_dir / CONFIG_FILE)["class_names"]
+        split = make_split(config.data, exclude=data_report.bad_paths)
+        log(describe_split(config.data, split))
+        return split, data_report
+    class_names = read_config_json(run_dir).get("class_names", [])
+    if not class_names:
+        raise UserError(f"{run_dir / CONFIG_FILE} is damaged (no class_names): {CONFIG_FIX}")
     split = usable_split(
         load_split(run_dir, class_names), data_report.bad_paths, skip_bad=config.data.skip_bad, run_dir=run_dir, log=log
     )
@@ -178,53 +198,6 @@ def write_run_files(config: RunConfig, run_dir: Path, split: DatasetSplit, data_
         write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "class_names": split.class_names})
 
 
-def set_up_training(
-    config: RunConfig,
-    run_dir: Path,
-    split: DatasetSplit,
-    distribution: Distribution,
-    state: dict[str, Any],
-    log: Callable[[str], None],
-) -> TrainingSetup:
-    """Seeds, precision, datasets and the model: new, or the resumed run's last checkpoint."""
-    import keras
-
-    num_classes = len(split.class_names)
-    keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
-    policy = set_precision(config.train.mixed_precision)
-    # --batch-size is per replica: one step takes a global batch from the pipeline.
-    global_data = replace(config.data, batch_size=distribution.global_batch_size(config.data.batch_size))
-    datasets = {
-        "train": make_dataset(split.train, global_data, num_classes, training=True, cache_name="train"),
-        "validation": make_dataset(split.validation, global_data, num_classes, training=False, cache_name="val"),
-    }
-    datasets = {name: shard_by_data(dataset, distribution) for name, dataset in datasets.items()}
-    steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
-    learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
-    scaling = distribution_report(distribution, config, learning_rate)
-    if distribution.mode != "none":
-        log(f"distribution {distribution.describe()}; {describe_scaling(scaling)}")
-
-    with distribution.scope():  # variables created here are mirrored on every replica
-        if state["checkpoint"]:
-            model = load_checkpoint(run_dir, state["checkpoint"])
-            log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
-            if config.kind == "transfer":
-                apply_final_trainability(model, config)  # a phase-1 checkpoint is still frozen
-        else:
-            model = build_model(config, num_classes)
-            compile_model(model, config, steps_per_epoch, learning_rate)
-    adapt_model_to_multiworker(model, distribution)
-    counts = model_counts(config, model, num_classes)
-    log(
-        f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
-        f"{counts['macs'] / 1e6:,.1f} M multiply-accumulates per image; precision {policy}; "
-        f"XLA {'on' if model.jit_compile else 'off'}; "
-        f"{len(split.train)} train / {len(split.validation)} validation / {len(split.test)} test images"
-    )
-    return TrainingSetup(model, datasets, steps_per_epoch, learning_rate, policy, counts, scaling)
-
-
 def fit_remaining_epochs(
     config: RunConfig,
     run_dir: Path,
@@ -240,7 +213,14 @@ def fit_remaining_epochs(
 
     if state["epochs_done"] >= config.train.epochs or state["stopped"]:
         return
-    callbacks: list = [EpochCheckpoint(run_dir, state, config.train.early_stopping, title=config.name)]
+    callbacks: list = [
+        epoch_reseeding(config.data.seed),  # first: the epoch's random layers draw from (seed, epoch)
+        EpochCheckpoint(run_dir, state, config.train.early_stopping, title=config.name),
+    ]
+    if config.tracking.tensorboard:
+        # First: an epoch's events are on disk before EpochCheckpoint commits the epoch (see training.tensorboard).
+        callbacks.insert(0, tensorboard_callback(run_dir / TENSORBOARD_DIR, config.tracking, first_epoch=state["epochs_done"]))
+        log(f"TensorBoard logs in {run_dir / TENSORBOARD_DIR}: view them with `tensorboard --logdir {run_dir}`")
     if config.train.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-6))
     if wandb_run is not None:
@@ -257,6 +237,7 @@ def fit_remaining_epochs(
                 learning_rate=setup.learning_rate,
                 verbose=verbose,
                 log=log,
+                class_weight=setup.class_weight,
             )
         else:
             setup.model.fit(
@@ -265,30 +246,33 @@ def fit_remaining_epochs(
                 epochs=config.train.epochs,
                 initial_epoch=state["epochs_done"],
                 shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
-                callbacks=callbacks,
+                callbacks=[*ema_callbacks(config), *callbacks],  # the averaged weights swapped in before a checkpoint
                 verbose=verbose,
+                class_weight=setup.class_weight,
             )
     except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted after epoch {state['epochs_done']}: continue with "
-            f"`python {'finetune.py' if config.kind == 'transfer' else 'train_scratch.py'} --resume {run_dir}`"
-        ) from None
+        again = resume_command(config, run_dir)
+        raise Interrupted(f"interrupted after epoch {state['epochs_done']}: continue with `{again}`") from None
     except Exception as error:
+        kept = state["epochs_done"] > 0 or (run_dir / STATE_FILE).exists()  # else a new run's folder is removed
+        if is_disk_full(error):
+            raise UserError(disk_full_message(config, run_dir, kept=kept)) from None
         if is_out_of_memory(error):
-            raise UserError(out_of_memory_message(config, run_dir)) from None
+            raise UserError(out_of_memory_message(config, run_dir, kept=kept)) from None
         raise
 
 
 def refuse_nan_loss(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> None:
-    if state["stopped"] != "nan":
+    if state["stopped"] not in ("nan", "diverged"):
         return
+    what = "NaN or infinite" if state["stopped"] == "nan" else f"{state['history'][-1]['loss']:.3g}, diverging,"
     raise UserError(
-        f"the loss became NaN or infinite in epoch {len(state['history'])}: the learning rate "
+        f"the loss became {what} in epoch {len(state['history'])}: the learning rate "
         f"({config.train.learning_rate}) is probably too high: start a new run with a lower --learning-rate"
         + (
             f" and another --name. The best model so far (epoch {state['best_epoch']}) is kept in {run_dir / BEST_MODEL}"
             if state["best_epoch"]
-            else ". No epoch finished with a finite loss, so there is no best model, and the name is free again"
+            else ". No epoch finished with a sane loss, so there is no best model, and the name is free again"
         )
     )
 
@@ -312,6 +296,8 @@ def finish_run(
         # What "auto" became on this machine.
         "precision_policy": setup.policy,
         "jit_compile": bool(setup.model.jit_compile),
+        "device": setup.device,
+        "provenance": provenance(commands=state.get("commands")),
     }
     with failed_writes_as_user_errors(run_dir):
         write_json(run_dir / METRICS_FILE, metrics)
@@ -323,6 +309,7 @@ def finish_run(
     messages = []
     if wandb_run is not None:
         wandb_run.log_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        log_training_files(wandb_run, config, run_dir, metrics)
         messages.append(wandb_run.finish())
     return RunResult(run_dir, metrics, messages)
 

@@ -39,11 +39,56 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, learning_rate: float
             warmup_steps=warmup,
         )
     decay = train.weight_decay or None
+    # --ema: the optimizer keeps an exponential moving average of the trained weights (see ema_callbacks).
+    ema: dict[str, Any] = {"use_ema": True, "ema_momentum": train.ema} if train.ema else {}
     if train.optimizer == "adam":
-        return keras.optimizers.Adam(schedule, weight_decay=decay)
+        return keras.optimizers.Adam(schedule, weight_decay=decay, **ema)
     if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay or 1e-4)
-    return keras.optimizers.SGD(schedule, momentum=train.momentum, nesterov=True, weight_decay=decay)
+        return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay or 1e-4, **ema)
+    return keras.optimizers.SGD(schedule, momentum=train.momentum, nesterov=True, weight_decay=decay, **ema)
+
+
+# -- the moving average of the weights (--ema) -----------------------------------------------
+
+
+def ema_callbacks(config: RunConfig) -> list:
+    """Keras's ``SwapEMAWeights`` for one ``fit`` of an ``--ema`` run (a new one per fit: it tracks whose weights
+    the model holds), to go before the checkpoint callback.
+
+    It swaps the averaged weights into the model for each validation (so ``val_accuracy`` and the
+    choice of ``best.keras`` are the average's) and at each epoch's end, so the epoch's checkpoint
+    saves the averaged weights as the model's and the trained ones in the optimizer's average slots;
+    the next epoch swaps them back. At a fit's end Keras leaves the average in the model.
+    """
+    import keras
+
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.train.ema else []
+
+
+def mixing_note(config: RunConfig) -> str:
+    """What the training accuracy of a run whose batches MixUp or CutMix mix means, else ""."""
+    data = config.data
+    mixers = [name for name, alpha in (("MixUp", data.mixup), ("CutMix", data.cutmix)) if alpha]
+    if not mixers:
+        return ""
+    return (
+        f"{' or '.join(mixers)} mixes each training batch: the training accuracy in history.csv and the curves "
+        f"counts a prediction right when it names the larger share of a mixed label, so it runs below "
+        f"val_accuracy (clean images); compare runs by val_accuracy"
+    )
+
+
+def restore_trained_weights(model: Any) -> None:
+    """Swap a resumed ``--ema`` checkpoint's weights back: trained weights in the model, the average in the optimizer.
+
+    A checkpoint written mid-fit holds them the other way round (``ema_callbacks``); one written at a
+    fit's end holds the average in both, which this leaves as it is. Uses the callback's own swap.
+    """
+    import keras
+
+    swap = keras.callbacks.SwapEMAWeights()
+    swap.set_model(model)
+    swap.on_test_begin()  # one swap of the model's weights with the optimizer's averages
 
 
 def compile_model(model: Any, config: RunConfig, steps_per_epoch: int, learning_rate: float | None = None) -> None:
@@ -67,15 +112,15 @@ def training_metrics() -> list:
 
 
 def xla_blockers(model: Any) -> list[str]:
-    """The layers of ``model`` XLA cannot compile (Keras's ``supports_jit``).
+    """The layers of ``model`` XLA cannot compile (Keras's ``supports_jit``, of the layer or of one inside it).
 
     Given one, Keras's ``compile(jit_compile=True)`` only warns and trains without XLA. Keras's
     RandomZoom, RandomTranslation and RandomRotation are such layers (their warp,
-    ``ImageProjectiveTransformV3``, has no XLA kernel), which is why ``--augment`` uses
-    ``augment.RandomAffine`` instead.
+    ``ImageProjectiveTransformV3``, has no XLA kernel), which is why the basic ``--augment`` uses
+    ``augment.RandomAffine`` instead. RandAugment and AugMix hold them inside (``--augment-policy``).
     """
-
-    return [layer.name for layer in all_layers(model) if not layer.supports_jit]
+    # _flatten_layers: the layers a layer holds as attributes, which Keras's own check reads too.
+    return [layer.name for layer in all_layers(model) if not all(inner.supports_jit for inner in layer._flatten_layers())]
 
 
 def resolve_jit(value: str, model: Any) -> bool:
@@ -87,3 +132,11 @@ def resolve_jit(value: str, model: Any) -> bool:
         # XLA pays off on a GPU; on a CPU its compile time outweighs the gain for these models.
         return devices.gpu_available() and not blockers
     return value == "on"
+
+
+def xla_left_off(value: str, model: Any) -> str:
+    """The line saying which layers kept ``--jit-compile auto`` from turning XLA on (a GPU run), else ""."""
+    blockers = xla_blockers(model)
+    if value != "auto" or not blockers or not devices.gpu_available():
+        return ""
+    return f"XLA left off (--jit-compile auto): XLA cannot compile the layers {', '.join(blockers)}"

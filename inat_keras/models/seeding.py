@@ -1,0 +1,24 @@
+"""Random streams as functions of (seed, epoch): a resumed run draws what an uninterrupted one did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 31-bit seed for ``stream`` in ``epoch`` of a run seeded ``seed`` (NumPy's SeedSequence mixes them)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def reseed_random_layers(layer: Any, seed: int, epoch: int) -> None:
+    """Set the ``SeedGenerator`` state of ``layer`` and every layer inside it from (seed, epoch).
+
+    Dropout, the augmentation layers, MixUp and CutMix each draw from their own generator, whose
+    state otherwise carries on from wherever the process left it: after a resume it would restart
+    at the layer's initial seed.
+    """
+    for index, inner in enumerate(layer._flatten_layers(include_self=True, recursive=True)):
+        for number, generator in enumerate(getattr(inner, "_seed_generators", [])):
+            generator.state.assign(np.array([epoch_seed(seed, epoch, 1 + 64 * index + number), 0], generator.state.dtype))

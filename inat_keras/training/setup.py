@@ -1,0 +1,113 @@
+"""What fit needs for one process of a run: seeds, precision, the datasets and the model (new, or the
+resumed run's last checkpoint), and what they cost."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from inat_keras.config import RunConfig
+from inat_keras.data.files import DatasetSplit, balanced_class_weights
+from inat_keras.data.pipeline import make_dataset
+from inat_keras.devices import describe_device, device_line
+from inat_keras.models.factory import build_model, model_counts
+from inat_keras.training.checkpoints import load_checkpoint
+from inat_keras.training.determinism import enable_determinism
+from inat_keras.training.distribute import (
+    Distribution,
+    adapt_model_to_multiworker,
+    describe_scaling,
+    distribution_report,
+    scaled_learning_rate,
+    shard_by_data,
+)
+from inat_keras.training.finetune import apply_final_trainability
+from inat_keras.training.runtime import compile_model, mixing_note, restore_trained_weights, set_precision, xla_left_off
+
+
+@dataclass
+class TrainingSetup:
+    """What fit needs, built once per process: the model, its data and what they cost."""
+
+    model: Any
+    datasets: dict[str, Any]
+    steps_per_epoch: int
+    learning_rate: float
+    policy: str
+    counts: dict[str, int]
+    scaling: dict[str, Any]
+    device: str = ""
+    # --class-weight balanced: Keras's class_weight for fit (None: every image weighs 1).
+    class_weight: dict[int, float] | None = None
+
+
+def set_up_training(
+    config: RunConfig,
+    run_dir: Path,
+    split: DatasetSplit,
+    distribution: Distribution,
+    state: dict[str, Any],
+    log: Callable[[str], None],
+) -> TrainingSetup:
+    """Seeds, precision, datasets and the model: new, or the resumed run's last checkpoint."""
+    import keras
+
+    num_classes = len(split.class_names)
+    keras.utils.set_random_seed(config.data.seed + state["epochs_done"])
+    enable_determinism(config.train.deterministic)
+    policy = set_precision(config.train.mixed_precision)
+    # --batch-size is per replica: one step takes a global batch from the pipeline.
+    global_data = replace(config.data, batch_size=distribution.global_batch_size(config.data.batch_size))
+    datasets = {
+        # A resumed run starts the data at its epoch: the same batches as an uninterrupted run (data.pipeline).
+        "train": make_dataset(
+            split.train, global_data, num_classes, training=True, cache_name="train", first_epoch=state["epochs_done"]
+        ),
+        "validation": make_dataset(split.validation, global_data, num_classes, training=False, cache_name="val"),
+    }
+    datasets = {name: shard_by_data(dataset, distribution) for name, dataset in datasets.items()}
+    steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
+    learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
+    scaling = distribution_report(distribution, config, learning_rate)
+    if distribution.mode != "none":
+        log(f"distribution {distribution.describe()}; {describe_scaling(scaling)}")
+
+    with distribution.scope():  # variables created here are mirrored on every replica
+        if state["checkpoint"]:
+            model = load_checkpoint(run_dir, state["checkpoint"])
+            log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.train.epochs}")
+            if config.train.ema:
+                restore_trained_weights(model)  # the checkpoint holds the average as the model's weights
+            if config.kind == "transfer":
+                apply_final_trainability(model, config)  # a phase-1 checkpoint is still frozen
+        else:
+            model = build_model(config, num_classes)
+            compile_model(model, config, steps_per_epoch, learning_rate)
+    adapt_model_to_multiworker(model, distribution)
+    counts = model_counts(config, model, num_classes)
+    device = describe_device(all_gpus=distribution.mode != "none")
+    log(device_line(device, policy, bool(model.jit_compile)))
+    for note in (xla_left_off(config.train.jit_compile, model), mixing_note(config)):
+        if note:
+            log(note)
+    log(
+        f"{config.kind} model: {counts['num_params']:,} parameters ({counts['trainable_params']:,} trainable), "
+        f"{counts['macs'] / 1e6:,.1f} M multiply-accumulates per image; "
+        f"{len(split.train)} train / {len(split.validation)} validation / {len(split.test)} test images"
+    )
+    class_weight = None
+    if config.train.class_weight == "balanced":
+        class_weight = balanced_class_weights(split.train.labels, num_classes)
+        weights = ", ".join(f"{name} {class_weight[i]:.2f}" for i, name in enumerate(split.class_names))
+        log(f"class weights (--class-weight balanced, from the training split): {weights}")
+    return TrainingSetup(model, datasets, steps_per_epoch, learning_rate, policy, counts, scaling, device, class_weight)
+
+
+def model_summary(model: Any) -> str:
+    """Keras's ``model.summary()`` as text: the layers, their output shapes and parameter counts."""
+    parts: list[str] = []
+    model.summary(print_fn=parts.append)
+    return "".join(parts)

@@ -142,7 +142,7 @@ def test_the_console_script_lists_the_commands(installed: Path) -> None:
 
 
 def test_the_installed_package_holds_the_report_templates(installed: Path) -> None:
-    script = "from inat_keras.inspection.report import environment; print(*sorted(environment().list_templates()))"
+    script = "from inat_keras.inspection.report_html import environment; print(*sorted(environment().list_templates()))"
     result = run_installed(installed, sys.executable, "-c", script)
     assert result.returncode == 0, result.stderr
     assert {"run.html.j2", "search.html.j2", "comparison.html.j2"} <= set(result.stdout.split()), result.stdout

@@ -19,8 +19,7 @@ from packaging.requirements import Requirement
 from conftest import REPO
 from inat_keras import devices, runs
 from inat_keras.config import DataConfig, RunConfig, TrackingConfig, TrainConfig
-from inat_keras.training import checkpoints, loop
-from inat_keras.training.provenance import provenance
+from inat_keras.training import checkpoints, loop, provenance
 from inat_keras.training.tensorboard import TENSORBOARD_DIR, drop_events_from, trial_log_dir
 
 

@@ -261,8 +261,8 @@ def test_a_config_json_written_before_wandb_log_model_existed_still_loads():
 
 
 def test_the_log_model_flag_reaches_the_run_config_and_a_resume_may_add_it(tmp_path):
-    from inat_keras.cli.train_scratch import make_parser
     from inat_keras.cli.flags import load_resume_config, run_config_from_args
+    from inat_keras.cli.train_scratch import make_parser
     from inat_keras.storage import write_json
 
     parser = make_parser()

@@ -153,7 +153,7 @@ def summary(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, f
 
 def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     basic = table.get("basic", {}).get("images_per_second")
-    norm = "" if args.batch_norm else ", without batch normalisation"
+    norm = "" if args.batch_norm else " without batch normalisation"
     print(f"\nscratch CNN{norm} on the demo digits, {args.epochs} epochs, seeds {', '.join(map(str, args.seeds))}")
     print("| recipe | test accuracy, mean ± sd (min-max) | last-epoch training accuracy | training images/s (median) |")
     print("| --- | --- | --- | --- |")

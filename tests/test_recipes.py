@@ -172,6 +172,16 @@ def test_convnext_layer_normalisation_keeps_no_batch_statistics_and_trains_only_
     assert changed == unfrozen
 
 
+def test_the_exact_gelu_of_convnext_and_the_scratch_cnn_exports_to_onnx(tmp_path: Path) -> None:
+    """TensorFlow writes Keras's exact GELU with Erfc, which ONNX lacks; the export computes it with erf."""
+    from inat_keras.inspection.export import export_model
+    from inat_keras.inspection.trained import load_trained
+
+    build_cnn(**SMALL_CNN, activation="gelu").save(tmp_path / "gelu.keras")
+    result = export_model(load_trained(tmp_path / "gelu.keras", classes=["a", "b", "c"]), "onnx", tmp_path / "export")
+    assert result["accepted"] and result["max_abs_difference"] < 1e-5
+
+
 # -- augmentation policies, random erasing ---------------------------------------------------------
 
 
@@ -425,6 +435,15 @@ def test_the_recipes_are_searchable_from_a_search_space_file(tmp_path: Path) -> 
     space_file.write_text(json.dumps({"augment_policy": ["cutout"]}))
     with pytest.raises(UserError, match="augment_policy: 'cutout' choose among basic, randaugment, augmix"):
         resolve_space("scratch", str(space_file))
+
+
+def test_ema_warns_when_the_model_trains_batch_normalisation_whose_statistics_keras_does_not_average() -> None:
+    from inat_keras.training.runtime import ema_batch_norm_note
+
+    config = RunConfig(name="r", train=TrainConfig(ema=0.99))
+    assert ema_batch_norm_note(config, build_cnn(**SMALL_CNN, batch_norm=True)).startswith("--ema: Keras averages")
+    assert ema_batch_norm_note(config, build_cnn(**SMALL_CNN, batch_norm=False)) == ""
+    assert ema_batch_norm_note(RunConfig(name="r"), build_cnn(**SMALL_CNN, batch_norm=True)) == ""
 
 
 # -- one run with every recipe: recorded, resumed, the averaged weights validated and kept -----------

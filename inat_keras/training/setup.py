@@ -25,7 +25,14 @@ from inat_keras.training.distribute import (
     shard_by_data,
 )
 from inat_keras.training.finetune import apply_final_trainability
-from inat_keras.training.runtime import compile_model, mixing_note, restore_trained_weights, set_precision, xla_left_off
+from inat_keras.training.runtime import (
+    compile_model,
+    ema_batch_norm_note,
+    mixing_note,
+    restore_trained_weights,
+    set_precision,
+    xla_left_off,
+)
 
 
 @dataclass
@@ -90,7 +97,7 @@ def set_up_training(
     counts = model_counts(config, model, num_classes)
     device = describe_device(all_gpus=distribution.mode != "none")
     log(device_line(device, policy, bool(model.jit_compile)))
-    for note in (xla_left_off(config.train.jit_compile, model), mixing_note(config)):
+    for note in (xla_left_off(config.train.jit_compile, model), mixing_note(config), ema_batch_norm_note(config, model)):
         if note:
             log(note)
     log(

@@ -1,16 +1,18 @@
 """Images per second of this project's input pipeline against Keras's folder loader.
 
-Both read the same generated folder of photo-like JPEGs, 500-800 px on the long side like
-iNaturalist's, and deliver float32 batches at ``--image-size``:
+All read the same generated folder of photo-like JPEGs, 500-800 px on the long side like
+iNaturalist's, and deliver batches at ``--image-size``:
 
 - ours: ``inat_keras.data.make_dataset`` (TensorFlow's decoder reads plain JPEGs at a reduced DCT
   scale in tf.data's parallel map, without the GIL, and area-averages them to the target size; other
-  files go through Pillow; the resized uint8 images are cached, so later epochs never decode again);
+  files go through Pillow; the images are stored in one uint8 array, so later epochs only gather). Its
+  batches are uint8, which the model casts; "ours, float32" casts them in the pipeline instead. It is
+  endless and keeps one iterator for the run, as ``fit(steps_per_epoch=...)`` does;
 - baseline: ``keras.utils.image_dataset_from_directory(image_size=...)`` (full-size decode and
-  bilinear resize every epoch) with ``prefetch``, as keras-io's examples use it;
+  bilinear resize every epoch) with ``prefetch``, as keras-io's examples use it (float32);
 - strong recipe: the same loader with ``batch_size=None``, then ``.cache().shuffle(N,
   reshuffle_each_iteration=True).batch(32).prefetch(AUTOTUNE)``, as the tf.data performance guide
-  teaches (its cache holds float32 images).
+  teaches (its cache holds float32 images); and the same with ``.repeat()`` and one iterator.
 
 The first epoch measures building the dataset and decoding, the later ones the cache. Each pipeline is measured ``--rounds``
 times, alternating, and the medians are reported, since a shared machine's speed drifts. The bench
@@ -19,7 +21,8 @@ costs the same at any output scale, so that bounds the first-epoch speed-up any 
 pipeline can reach; and it gives each pipeline's image quality, as PSNR against a Lanczos resize of the
 full-size decode. It also times the first batch, and measures each pipeline's peak memory (the
 growth of its process's peak RSS over two epochs, each pipeline alone in a subprocess) at two
-dataset sizes: the difference per extra image is its cost per image. The last line is
+dataset sizes: the difference per extra image is its cost per image; those runs also give images/s and
+the first batch at both sizes, so a reader sees how the cost grows with the work. The last line is
 ``pipeline_speedup_first_epoch=X pipeline_speedup_later_epochs=Y later_vs_strong_recipe=Z
 bytes_per_image=B first_batch_seconds=S`` (speed-ups against the keras-io default; B and S ours).
 
@@ -29,6 +32,7 @@ bytes_per_image=B first_batch_seconds=S`` (speed-ups against the keras-io defaul
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -88,45 +92,50 @@ def write_folder(root: Path, count: int, num_classes: int, seed: int = 0) -> Pat
 def time_epochs(build, epochs: int, first_batch: list[float] | None = None) -> list[tuple[int, float, float]]:
     """(images, wall seconds, CPU seconds of this process) per full pass over the dataset ``build()`` makes.
 
-    The first pass's clock starts before ``build()``: listing the folder, and our pipeline's header
-    probe of every file, are first-epoch work too. Each pass takes exactly the dataset's batches, as
-    Keras's ``fit`` does, and never asks for one more, and each pass's iterator is deleted off the
-    clock. Asking past the end of an ``unbatch``, or deleting an iterator whose ``numpy_function``
-    map has run, sometimes stalls tf.data for 0.25-0.6 s: a third of a 400-image first epoch, but
-    once per training run (the first epoch's iterator; later epochs read the cache).
-    ``first_batch`` gets the seconds from ``build()`` to the first batch.
+    ``build()`` returns (dataset, batches per epoch). The first pass's clock starts before ``build()``:
+    listing the folder, and our pipeline's header probe of every file, are first-epoch work too. Each pass
+    takes exactly the epoch's batches, as Keras's ``fit`` does, and never asks for one more. A finite
+    dataset gets a new iterator each pass, as ``fit`` gives it, and each pass's iterator is deleted off the
+    clock; an endless one (ours, and the repeated strong recipe) keeps one iterator for every pass, as
+    ``fit(steps_per_epoch=...)`` does. ``first_batch`` gets the seconds from ``build()`` to the first batch.
     """
     passes = []
     start, cpu_start = time.perf_counter(), time.process_time()
-    dataset = build()
-    batches = int(dataset.cardinality())
-    if batches < 0:
-        raise ValueError(f"the dataset's length is unknown ({batches}); the bench needs it to take whole epochs")
+    dataset, batches = build()
+    endless = int(dataset.cardinality()) == -1  # tf.data.INFINITE_CARDINALITY
+    iterator = iter(dataset) if endless else None
     for _ in range(epochs):
         images = 0
-        iterator = iter(dataset)
+        if not endless:
+            iterator = iter(dataset)
         for _ in range(batches):
             batch, _ = next(iterator)
             images += int(batch.shape[0])
             if first_batch is not None and not passes and images == int(batch.shape[0]):
                 first_batch.append(time.perf_counter() - start)
         passes.append((images, time.perf_counter() - start, time.process_time() - cpu_start))
-        del iterator  # outside the next pass's clock
+        if not endless:
+            del iterator  # outside the next pass's clock
         start, cpu_start = time.perf_counter(), time.process_time()
     return passes
 
 
-def ours(root: Path, image_size: int, batch_size: int, num_classes: int):
+def ours(root: Path, image_size: int, batch_size: int, num_classes: int, *, as_float: bool = False):
+    import tensorflow as tf
+
     from inat_keras.config import DataConfig
     from inat_keras.data.files import LabelledFiles, list_class_images
-    from inat_keras.data.pipeline import make_dataset
+    from inat_keras.data.pipeline import epoch_batches, make_dataset
 
     paths, labels = [], []
     for label, files in enumerate(list_class_images(root).values()):
         paths += files
         labels += [label] * len(files)
     config = DataConfig(image_size=image_size, batch_size=batch_size, cache="memory")
-    return make_dataset(LabelledFiles(paths, labels), config, num_classes, training=True)
+    dataset = make_dataset(LabelledFiles(paths, labels), config, num_classes, training=True)
+    if as_float:  # the cast the model does on its device, done in the pipeline instead (CPU training pays it either way)
+        dataset = dataset.map(lambda images, onehot: (tf.cast(images, tf.float32), onehot), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset, epoch_batches(len(paths), batch_size)
 
 
 def baseline(root: Path, image_size: int, batch_size: int):
@@ -136,11 +145,15 @@ def baseline(root: Path, image_size: int, batch_size: int):
     dataset = keras.utils.image_dataset_from_directory(
         root, image_size=(image_size, image_size), batch_size=batch_size, label_mode="categorical", seed=0, verbose=False
     )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE), int(dataset.cardinality())
 
 
-def strong_recipe(root: Path, image_size: int, batch_size: int):
-    """The tf.data guide's recipe: decode once into a float32 cache, a full-size shuffle buffer, batch, prefetch."""
+def strong_recipe(root: Path, image_size: int, batch_size: int, *, repeat: bool = False):
+    """The tf.data guide's recipe: decode once into a float32 cache, a full-size shuffle buffer, batch, prefetch.
+
+    ``repeat``: the same with ``.repeat()`` before ``.batch``, for ``fit(steps_per_epoch=...)``: one iterator for
+    the run, as ours keeps, so no epoch restarts the pipeline.
+    """
     import keras
     import tensorflow as tf
 
@@ -148,18 +161,23 @@ def strong_recipe(root: Path, image_size: int, batch_size: int):
         root, image_size=(image_size, image_size), batch_size=None, label_mode="categorical", seed=0, verbose=False
     )
     count = int(dataset.cardinality())
-    return dataset.cache().shuffle(count, reshuffle_each_iteration=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.cache().shuffle(count, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), -(-count // batch_size)
 
 
-PIPELINES = ("baseline", "strong", "ours")
+PIPELINES = ("baseline", "strong", "strong_repeat", "ours", "ours_float")
+MEMORY_PIPELINES = ("baseline", "strong", "ours")  # the variants hold the same data as their originals
 
 
 def build_pipeline(name: str, root: Path, image_size: int, batch_size: int, num_classes: int):
+    """(dataset, batches per epoch) of pipeline ``name``."""
     if name == "baseline":
         return baseline(root, image_size, batch_size)
-    if name == "strong":
-        return strong_recipe(root, image_size, batch_size)
-    return ours(root, image_size, batch_size, num_classes)
+    if name.startswith("strong"):
+        return strong_recipe(root, image_size, batch_size, repeat=name == "strong_repeat")
+    return ours(root, image_size, batch_size, num_classes, as_float=name == "ours_float")
 
 
 def rss_bytes(field: str) -> int:
@@ -170,8 +188,9 @@ def rss_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure_memory(name: str, root: Path, image_size: int, batch_size: int, num_classes: int) -> int:
-    """(In a child process) how far the peak RSS rises above the resident size while ``name`` builds and serves two epochs."""
+def measure_memory(name: str, root: Path, image_size: int, batch_size: int, num_classes: int) -> dict[str, float]:
+    """(In a child process) how far the peak RSS rises above the resident size while ``name`` builds and serves two
+    epochs, with those epochs' images/s and the seconds to the first batch."""
     sizes = (image_size, batch_size, num_classes)
     # The runtime's own memory before the mark: TensorFlow's first pipelines allocate a fixed few hundred MB
     # (thread pools, allocator arenas) that would hide a small dataset's growth under the same peak.
@@ -180,16 +199,25 @@ def measure_memory(name: str, root: Path, image_size: int, batch_size: int, num_
     # Then the peak restarts from the resident size (writing 5 to clear_refs resets VmHWM).
     Path("/proc/self/clear_refs").write_text("5")
     before = rss_bytes("VmRSS")
-    time_epochs(lambda: build_pipeline(name, root, *sizes), 2)
-    return rss_bytes("VmHWM") - before
+    first_batch: list[float] = []
+    passes = time_epochs(lambda: build_pipeline(name, root, *sizes), 2, first_batch)
+    growth = rss_bytes("VmHWM") - before
+    (first_images, first_wall, _), (later_images, later_wall, _) = passes
+    return {
+        "bytes": growth,
+        "first_epoch": first_images / first_wall,
+        "later_epoch": later_images / later_wall,
+        "first_batch": first_batch[0],
+        "first_epoch_seconds": first_wall,
+    }
 
 
-def memory_growth(name: str, root: Path, args: argparse.Namespace) -> int:
+def memory_growth(name: str, root: Path, args: argparse.Namespace) -> dict[str, float]:
     """``measure_memory`` in a fresh process, so no other pipeline's memory counts."""
     command = [sys.executable, __file__, "--memory-child", name, "--folder", str(root), "--image-size", str(args.image_size)]
     command += ["--batch-size", str(args.batch_size), "--classes", str(args.classes)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return int(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def subset_folder(source: Path, target: Path, count: int) -> Path:
@@ -304,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-child", choices=PIPELINES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
-        print(measure_memory(args.memory_child, args.folder, args.image_size, args.batch_size, args.classes))
+        print(json.dumps(measure_memory(args.memory_child, args.folder, args.image_size, args.batch_size, args.classes)))
         return 0
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch decodes, the later ones read the cache")
@@ -317,10 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     names = {
         "baseline": "keras-io default (image_dataset_from_directory)",
         "strong": "strong recipe (.cache().shuffle(N).batch)",
-        "ours": "inat_keras.data.pipeline.make_dataset",
+        "strong_repeat": "strong recipe, .repeat(), one iterator",
+        "ours": "inat_keras.data.pipeline.make_dataset (uint8)",
+        "ours_float": "ours, cast to float32 in the pipeline",
     }
     results = {name: Measured() for name in PIPELINES}
-    memory: dict[str, dict[int, int]] = {name: {} for name in PIPELINES}
+    memory: dict[str, dict[int, dict[str, float]]] = {name: {} for name in MEMORY_PIPELINES}
     try:
         start = time.perf_counter()
         write_folder(root, max(args.images, large), args.classes)
@@ -348,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for count in (small, large):
             folder = subset_folder(root, scratch / f"memory-{count}", count)
-            for name in PIPELINES:
+            for name in MEMORY_PIPELINES:
                 memory[name][count] = memory_growth(name, folder, args)
         floor = decode_floor(root, args.image_size)
         quality = resize_quality(root, args.image_size)
@@ -368,14 +398,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{median(measured.first_cpu_ms):>19.2f}{median(measured.first_batch):>15.3f}"
         )
     pixels = args.image_size * args.image_size * 3
-    per_image = {name: (memory[name][large] - memory[name][small]) / max(large - small, 1) for name in PIPELINES}
+    grown = {name: memory[name][large]["bytes"] - memory[name][small]["bytes"] for name in MEMORY_PIPELINES}
+    per_image = {name: grown[name] / max(large - small, 1) for name in MEMORY_PIPELINES}
     print(f"\npeak RSS growth over two epochs, each pipeline alone in a process (uint8 pixels: {pixels:,} bytes per image)")
     print(f"{'pipeline':<50}{f'{small} images MB':>16}{f'{large} images MB':>16}{'bytes/image':>14}{'x pixels':>10}")
-    for name in PIPELINES:
+    for name in MEMORY_PIPELINES:
         print(
-            f"{names[name]:<50}{memory[name][small] / 1e6:>16.1f}{memory[name][large] / 1e6:>16.1f}"
+            f"{names[name]:<50}{memory[name][small]['bytes'] / 1e6:>16.1f}{memory[name][large]['bytes'] / 1e6:>16.1f}"
             f"{per_image[name]:>14,.0f}{per_image[name] / pixels:>10.2f}"
         )
+    print("\nhow the cost grows with the work (the same processes, one pass each: first epoch, then one later epoch)")
+    print(f"{'pipeline':<50}{'images':>8}{'1st epoch img/s':>17}{'later img/s':>13}{'first batch s':>15}{'of 1st epoch':>14}")
+    for name in MEMORY_PIPELINES:
+        for count in (small, large):
+            run = memory[name][count]
+            print(
+                f"{names[name]:<50}{count:>8}{run['first_epoch']:>17.1f}{run['later_epoch']:>13.1f}"
+                f"{run['first_batch']:>15.3f}{run['first_batch'] / run['first_epoch_seconds']:>14.3f}"
+            )
     print(f"\none core, milliseconds per image (best of 3 passes over {min(args.images, 100)} images)")
     for name, ms in floor.items():
         print(f"{name:<50}{ms:>14.2f}")
@@ -383,11 +423,18 @@ def main(argv: list[str] | None = None) -> int:
         f"image quality, PSNR against a Lanczos resize of the full decode: baseline {quality['baseline']:.1f} dB, "
         f"ours {quality['ours']:.1f} dB"
     )
-    base, strong, ours_ = (results[name] for name in PIPELINES)
+    base, strong, strong_repeat, ours_ = (results[name] for name in ("baseline", "strong", "strong_repeat", "ours"))
     # The baseline's CPU time inside tf.data (no eager dispatch) over the least any JPEG decode of
     # these files costs: the speed-up a pipeline with a free resize and no overhead would reach.
     ceiling = median(base.first_cpu_ms) / floor["reduced-scale decode alone"]
     print(f"first-epoch ceiling for any pipeline that decodes these JPEGs with libjpeg-turbo: {ceiling:.2f}x")
+    first_batch_share = median(ours_.first_batch) / (args.images / median(ours_.first))
+    as_float = median(results["ours_float"].later) / median(strong.later)
+    print(
+        f"ours: first batch after {first_batch_share:.3f} of the first epoch's time; later epochs "
+        f"{median(ours_.later) / median(strong_repeat.later):.2f}x the repeated strong recipe, "
+        f"{as_float:.2f}x the strong recipe when cast to float32 in the pipeline"
+    )
     print(
         f"pipeline_speedup_first_epoch={median(ours_.first) / median(base.first):.2f} "
         f"pipeline_speedup_later_epochs={median(ours_.later) / median(base.later):.2f} "

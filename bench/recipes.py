@@ -124,7 +124,7 @@ def training_rates(args: argparse.Namespace, out: Path) -> dict[str, float]:
     classes, batch_size = len(split.class_names), next(iter(configs.values())).data.batch_size
     feeds, models = {}, {}
     for variant, config in configs.items():
-        feeds[variant] = make_dataset(split.train, config.data, classes, training=True).repeat()
+        feeds[variant] = make_dataset(split.train, config.data, classes, training=True)  # endless
         models[variant] = build_model(config, classes)
         compile_model(models[variant], config, steps_per_epoch=-(-len(split.train) // batch_size))
     rates: dict[str, list[float]] = {variant: [] for variant in args.variants}

@@ -103,18 +103,19 @@ def build(name: str, size: int, augmentation: list | None):
 
 
 def pipeline_feed(folder: Path, config):
-    """The training pipeline, repeated, with its cache filled by one full pass."""
+    """The training pipeline (endless), with its cache filled by one full pass."""
     from inat_keras.data.files import LabelledFiles, list_class_images
-    from inat_keras.data.pipeline import make_dataset
+    from inat_keras.data.pipeline import epoch_batches, make_dataset
 
     paths, labels = [], []
     for label, files in enumerate(list_class_images(folder).values()):
         paths += files
         labels += [label % NUM_CLASSES] * len(files)
     dataset = make_dataset(LabelledFiles(paths, labels), config, NUM_CLASSES, training=True)
-    for _ in dataset:  # fill the cache: the first epoch's decoding is bench/pipeline.py's subject
-        pass
-    return dataset.repeat()
+    filling = iter(dataset)
+    for _ in range(epoch_batches(len(paths), config.batch_size)):  # the first epoch's decoding is bench/pipeline.py's subject
+        next(filling)
+    return dataset
 
 
 def memory_feed(pipeline):

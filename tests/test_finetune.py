@@ -73,12 +73,21 @@ def test_the_finetune_demo_writes_every_run_artifact(tmp_path: Path) -> None:
 def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(
     tiny_dataset: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from inat_keras.training import checkpoints
+    from inat_keras.training import checkpoints, setup
     from inat_keras.training.checkpoints import EpochCheckpoint
     from inat_keras.training.loop import train_run
 
     config = transfer_run(tiny_dataset, tmp_path / "runs", "two", epochs=3, unfreeze=8, head_epochs=1)
     save_epoch = EpochCheckpoint.save_epoch
+    starts: list[int] = []  # the first epoch of every training dataset built: each fit's batches start at its own epoch
+
+    def recording_batched(array, data, count, *, training, first_epoch=0):
+        if training:
+            starts.append(first_epoch)
+        return batched(array, data, count, training=training, first_epoch=first_epoch)
+
+    batched = setup.batched
+    monkeypatch.setattr(setup, "batched", recording_batched)
 
     def interrupt_after_epoch_two(self, epoch, logs=None):
         save_epoch(self, epoch, logs)
@@ -90,9 +99,12 @@ def test_a_resumed_two_phase_run_unfreezes_the_backbone_again_before_continuing(
     with pytest.raises(UserError, match=r"finetune.py --resume"):
         train_run(config, verbose=0, log=first_log.append)
     monkeypatch.setattr(checkpoints.EpochCheckpoint, "save_epoch", save_epoch)
+    assert starts == [0, 0, 1]  # the run's datasets, the head phase's fit, the fine-tuning phase's fit
+    starts.clear()
 
     resumed_log: list[str] = []
     result = train_run(config, resume=True, verbose=0, log=resumed_log.append)
+    assert starts == [2, 2]  # resumed inside the fine-tuning phase, after its first epoch
     fine_tune = [line for line in first_log if line.startswith("phase fine-tune")]
     head = [line for line in first_log if line.startswith("phase head")]
     resumed = [line for line in resumed_log if line.startswith("phase fine-tune")]

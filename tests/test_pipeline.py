@@ -28,21 +28,30 @@ def labelled_pngs(folder: Path, count: int) -> files.LabelledFiles:
     return files.LabelledFiles(paths, [i % 3 for i in range(count)])
 
 
-def epoch_rows(dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The file index (from the pixel value) and the label of every image in one iteration of ``dataset``."""
-    batches = list(dataset)
+def epoch_rows(batches) -> tuple[np.ndarray, np.ndarray]:
+    """The file index (from the pixel value) and the label of every image in ``batches`` (a dataset, or a list)."""
+    batches = list(batches)
     images = np.concatenate([b[0].numpy() for b in batches])
     labels = np.concatenate([b[1].numpy() for b in batches]).argmax(axis=1)
     return (images[:, 0, 0, 0] / 5).astype(int), labels
 
 
+def epochs_of(dataset, epochs: int, batches: int) -> list[list]:
+    """``epochs`` epochs of an endless training dataset from one iterator, as ``fit(steps_per_epoch=batches)`` takes them."""
+    iterator = iter(dataset)
+    return [[next(iterator) for _ in range(batches)] for _ in range(epochs)]
+
+
 def test_each_epoch_is_a_permutation_that_a_resumed_pipeline_repeats(tmp_path: Path) -> None:
     data = labelled_pngs(tmp_path / "imgs", 11)
     config = DataConfig(data_dir="unused", image_size=8, batch_size=4, seed=3)
+    batches = pipeline.epoch_batches(11, 4)
+    assert batches == 3
     fresh = pipeline.make_dataset(data, config, 3, training=True)
     orders = []
-    for epoch in range(3):
-        order, labels = epoch_rows(fresh)
+    for epoch, epoch_batches in enumerate(epochs_of(fresh, 3, batches)):
+        assert [len(batch[0]) for batch in epoch_batches] == [4, 4, 3]  # an epoch ends with its short batch
+        order, labels = epoch_rows(epoch_batches)
         assert sorted(order) == list(range(11))  # every image exactly once
         np.testing.assert_array_equal(labels, order % 3)  # labels stay with their images
         np.testing.assert_array_equal(order, pipeline.epoch_order(3, epoch, 11))
@@ -50,9 +59,25 @@ def test_each_epoch_is_a_permutation_that_a_resumed_pipeline_repeats(tmp_path: P
     assert not np.array_equal(orders[0], orders[1])  # a new shuffle every epoch
     for epoch in (1, 2):
         resumed = pipeline.make_dataset(data, config, 3, training=True, first_epoch=epoch)
-        np.testing.assert_array_equal(epoch_rows(resumed)[0], orders[epoch])
+        np.testing.assert_array_equal(epoch_rows(epochs_of(resumed, 1, batches)[0])[0], orders[epoch])
     validation = pipeline.make_dataset(data, config, 3, training=False)
     assert list(epoch_rows(validation)[0]) == list(range(11)) == list(epoch_rows(validation)[0])
+
+
+def test_the_first_epoch_decodes_each_image_once_and_later_epochs_only_gather(tmp_path: Path, monkeypatch) -> None:
+    data = labelled_pngs(tmp_path / "imgs", 11)
+    decoded: list[str] = []
+    monkeypatch.setattr(pipeline, "decode_with_pillow", lambda path, size: decoded.append(path) or load_image(path, size))
+    config = DataConfig(data_dir="unused", image_size=8, batch_size=4, seed=3)
+    epochs = epochs_of(pipeline.make_dataset(data, config, 3, training=True), 3, pipeline.epoch_batches(11, 4))
+    assert sorted(decoded) == sorted(data.paths)  # once each, none again where the epochs meet or later
+    for epoch in epochs:
+        assert sorted(epoch_rows(epoch)[0]) == list(range(11))  # the gathered pixels are the decoded ones
+        assert {batch[0].dtype.name for batch in epoch} == {"uint8"}
+    uncached = DataConfig(**{**config.__dict__, "cache": "none"})
+    decoded.clear()
+    epochs_of(pipeline.make_dataset(data, uncached, 3, training=True), 2, pipeline.epoch_batches(11, 4))
+    assert all(decoded.count(path) >= 2 for path in data.paths)  # --cache none decodes every epoch (and reads ahead)
 
 
 def test_the_memmap_cache_is_reused_for_its_key_and_a_truncated_one_is_rebuilt(tmp_path: Path, monkeypatch) -> None:
@@ -60,7 +85,7 @@ def test_the_memmap_cache_is_reused_for_its_key_and_a_truncated_one_is_rebuilt(t
     config = DataConfig(data_dir="unused", image_size=8, batch_size=4, cache=str(tmp_path / "cache" / "c"))
     first = pipeline.cached_images(data, config, 3, cache_name="train")
     assert not first.complete
-    list(pipeline.batched(first, config, 6, training=True))
+    epochs_of(pipeline.batched(first, config, 6, training=True), 1, 2)
     assert first.complete
     (cache,) = (tmp_path / "cache").glob("*.u8")
     assert (cache.parent / (cache.name + ".done")).exists()
@@ -95,7 +120,7 @@ def test_mixed_formats_land_in_the_array_in_file_order_with_load_images_pixels(t
     data = files.LabelledFiles(paths, [i % 3 for i in range(len(paths))])
     config = DataConfig(data_dir="unused", image_size=20, batch_size=3, seed=5)
     array = pipeline.cached_images(data, config, 3)
-    list(pipeline.batched(array, config, len(paths), training=True))  # filled in the epoch's permuted order
+    epochs_of(pipeline.batched(array, config, len(paths), training=True), 1, pipeline.epoch_batches(len(paths), 3))
     assert array.complete
     for i, path in enumerate(paths):
         np.testing.assert_array_equal(array.pixels()[i], load_image(path, 20), err_msg=path)

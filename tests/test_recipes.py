@@ -305,10 +305,13 @@ def pairs(count: int, num_classes: int = 4, size: int = 8) -> Any:
 
 
 def batches(data: DataConfig, count: int, *, training: bool = True, epochs: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
-    from inat_keras.data.pipeline import batched
+    from inat_keras.data.pipeline import batched, epoch_batches
 
     dataset = batched(pairs(count), data, count, training=training)
-    return [(images.numpy(), labels.numpy()) for _ in range(epochs) for images, labels in dataset]
+    if not training:
+        return [(images.numpy(), labels.numpy()) for _ in range(epochs) for images, labels in dataset]
+    iterator = iter(dataset)  # endless: one iterator, an epoch's batches at a time, as fit takes them
+    return [tuple(part.numpy() for part in next(iterator)) for _ in range(epochs * epoch_batches(count, data.batch_size))]
 
 
 def test_mixup_mixes_images_and_labels_of_training_batches_with_the_same_weight() -> None:

@@ -96,7 +96,7 @@ def jpeg_decoder(size: int) -> Any:
     def resize(image: Any, method: str, antialias: bool = False) -> Callable[[], Any]:
         return lambda: tf.image.resize(image, (size, size), method=method, antialias=antialias)
 
-    @tf.function(input_signature=[tf.TensorSpec((), tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec((), tf.string)], autograph=False)  # explicit switch_case and cond
     def decode(contents: Any) -> Any:
         fits = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2]) // size
         scale_index = tf.reduce_sum(tf.cast(fits >= tf.constant(JPEG_SCALES[1:]), tf.int32))

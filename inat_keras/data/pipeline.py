@@ -3,17 +3,17 @@
 - ``ImageArray`` holds every image of a split as ``[N, size, size, 3]`` uint8 (in memory, or an
   ``np.memmap`` file for ``--cache PREFIX``) and the labels beside it: 1.0x the pixels' bytes, no
   float32 copy, no shuffle buffer.
-- Epoch ``e`` visits the images in ``epoch_order(seed, e)``, a full permutation computed from the seed
-  and the epoch alone, so a run resumed at epoch ``e`` sees the batches an uninterrupted one did.
-- Until the array is complete, an epoch decodes its images in its own order (plain JPEGs through
-  TensorFlow's reduced-DCT decoder, the rest through Pillow) and stores them: the first batch is
-  ready after a batch of decodes, and later epochs only gather (one fancy index per batch).
+- Batch ``step`` of a training run holds ``batch_indices(seed, step)``: epoch ``e`` visits the images in
+  ``epoch_order(seed, e)``, a full permutation computed from the seed and the epoch alone, and the batch's
+  random layers draw from (seed, step), so a run resumed at epoch ``e`` sees the batches an uninterrupted one did.
+- A batch whose images are not all stored yet decodes them (plain JPEGs through TensorFlow's reduced-DCT
+  decoder, the rest through Pillow) and stores them: the first batch is ready after a batch of decodes,
+  and later epochs only gather (one gather per batch, uint8 to the model).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import threading
@@ -28,18 +28,27 @@ from inat_keras.data.decode import DECODER_VERSION, decode_with_pillow, jpeg_dec
 from inat_keras.data.files import LabelledFiles
 from inat_keras.errors import UserError
 from inat_keras.models.augment import augments_images, augments_in_model, batch_mixers, image_augmentation
-from inat_keras.models.seeding import reseed_random_layers
+from inat_keras.models.seeding import reseed_random_layers, step_seed_assignments
 from inat_keras.storage import write_json
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
-    """The order in which epoch ``epoch`` of a run seeded ``seed`` visits ``count`` images: a full permutation."""
-    return np.random.default_rng([seed, epoch]).permutation(count)
+    """The order in which epoch ``epoch`` of a run seeded ``seed`` visits ``count`` images: a full permutation.
+
+    ``batch_indices`` computes it batch by batch inside the pipeline; this is the same order, whole.
+    """
+    import tensorflow as tf
+
+    seed_pair = tf.constant([seed, epoch], tf.int64)
+    return tf.random.experimental.index_shuffle(tf.range(count, dtype=tf.int64), seed=seed_pair, max_index=count - 1).numpy()
 
 
-def mixing_coins(seed: int, epoch: int, count: int) -> np.ndarray:
-    """A coin per image for an epoch; a batch tosses its first image's, picking MixUp or CutMix (``mixed_batches``)."""
-    return np.random.default_rng([seed, epoch, 1]).integers(0, 2, count, dtype=np.int64)
+def mixing_coin(seed: int, step: Any) -> Any:
+    """0 or 1 from (seed, step): which of two mixers batch ``step`` goes through (a tensor op)."""
+    import tensorflow as tf
+
+    pair = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)]), 1)
+    return tf.random.stateless_uniform([], seed=pair, minval=0, maxval=2, dtype=tf.int32)
 
 
 @dataclass
@@ -61,16 +70,32 @@ class ImageArray:
     complete: bool = False
     filled: np.ndarray = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # ``filled`` as a TensorFlow variable, read by the pipeline to choose between gathering and decoding.
+    flags: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.filled = np.full(len(self.files), self.complete)
 
+    def filled_flags(self) -> Any:
+        """Which images are stored, as a bool variable the pipeline reads and sets (one per array, shared by its datasets)."""
+        with self.lock:
+            if self.flags is None:
+                import tensorflow as tf
+
+                self.flags = tf.Variable(self.filled if len(self) else np.zeros(1, bool), trainable=False, name="filled")
+            return self.flags
+
     @classmethod
     def of(cls, images: np.ndarray, labels: np.ndarray, num_classes: int) -> ImageArray:
         """An array already filled with ``images`` (uint8, [N, size, size, 3]) and integer ``labels``: nothing to decode."""
+        import tensorflow as tf
+
         names = LabelledFiles([f"image-{i}" for i in range(len(images))], [int(label) for label in labels])
         native = np.zeros(len(images), bool)
-        return cls(names, images.shape[1], num_classes, images, np.asarray(labels, np.int32), native, complete=True)
+        variable = tf.Variable(images, trainable=False, name="images")
+        empty = np.empty((0, *images.shape[1:]), np.uint8)
+        labels = np.asarray(labels, np.int32)
+        return cls(names, images.shape[1], num_classes, empty, labels, native, variable=variable, complete=True)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -183,14 +208,42 @@ def make_dataset(
     )
 
 
-def batched(array: ImageArray, config: DataConfig, count: int, *, training: bool, first_epoch: int = 0) -> Any:
-    """Batches of ``array`` in each epoch's order, float32, [augmented unless the model does,] [mixed,] prefetched.
+def epoch_batches(count: int, batch_size: int) -> int:
+    """The batches of one epoch over ``count`` images: the ``steps_per_epoch`` every ``fit`` of a training dataset needs."""
+    return -(-count // batch_size)
 
-    Each iteration of the dataset is one epoch, counted from ``first_epoch`` (the epoch a resumed run
-    starts at): Keras iterates a dataset once per epoch. Training batches follow ``epoch_order``;
-    validation and test keep the files' order. The pipeline's random layers are reseeded from
-    (seed, epoch) as each epoch starts; with TensorFlow's op determinism on (``--deterministic``)
-    they also run one batch at a time, so each batch draws the same numbers in every run.
+
+def batch_indices(seed: int, step: Any, count: int, batch_size: int, *, training: bool) -> Any:
+    """The image indices of batch ``step`` of a run, counted from the first batch of epoch 0 (a tensor op).
+
+    Training batches cut epoch ``step // batches`` of ``epoch_order`` into ``batch_size`` runs (the last one
+    shorter); other splits keep the files' order. A pure function of (seed, step): no state, nothing to restore.
+    """
+    import tensorflow as tf
+
+    batches = epoch_batches(count, batch_size)
+    epoch, within = step // batches, step % batches
+    positions = tf.range(within * batch_size, tf.minimum((within + 1) * batch_size, count), dtype=tf.int64)
+    if not training:
+        return positions
+    seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
+    return tf.random.experimental.index_shuffle(positions, seed=seed_pair, max_index=count - 1)
+
+
+def batched(array: ImageArray, config: DataConfig, count: int, *, training: bool, first_epoch: int = 0) -> Any:
+    """Batches of ``array``: (uint8 images, or float32 where the pipeline augments or mixes, one-hot labels).
+
+    A training dataset is endless and starts at ``first_epoch``: ``fit`` needs
+    ``steps_per_epoch=epoch_batches(count, batch_size)``, and then keeps one iterator for the whole run, so
+    no epoch pays for starting a pipeline. Batch ``step`` holds ``batch_indices(seed, step)`` and its random
+    layers (augmentation, MixUp, CutMix) are reseeded from (seed, step) just before they run, so a resumed
+    run sees the batches an uninterrupted one did. Validation and test datasets are one pass in file order.
+
+    A batch whose images are all in the array is one gather; any other decodes its images (plain JPEGs
+    through TensorFlow's reduced-DCT decoder, the rest through Pillow) and stores them, so the first epoch
+    fills the array in its own order and training starts after one batch of decodes. Images stay uint8
+    to the model, which casts them on its device: a quarter of the bytes to copy, and to send to a GPU.
+    With TensorFlow's op determinism on (``--deterministic``) the random layers run one batch at a time.
     """
     import keras
     import tensorflow as tf
@@ -198,114 +251,207 @@ def batched(array: ImageArray, config: DataConfig, count: int, *, training: bool
 
     if count != len(array):
         raise ValueError(f"batched: count {count} != {len(array)} images in the array")
-    seed, batch_size, size = config.seed, config.batch_size, array.image_size
-    batches = -(-count // batch_size)
+    seed, batch_size = config.seed, config.batch_size
+    batches = epoch_batches(count, batch_size)
     augmentation = None
     if training and augments_images(config) and not augments_in_model(config):
         augmentation = keras.Sequential(image_augmentation(config), name="augmentation")
     mixers = batch_mixers(config) if training else []
     parallel = None if is_op_determinism_enabled() else tf.data.AUTOTUNE
-    epochs = itertools.count(first_epoch)
-
-    def plan() -> Any:
-        epoch = next(epochs)
+    # Random layers running one batch at a time draw from (seed, step); run in parallel, from (seed, first epoch) on.
+    step_seed = seed if parallel is None else None
+    if step_seed is None:
         for layer in [augmentation, *mixers]:
             if layer is not None:
-                reseed_random_layers(layer, seed, epoch)
-        yield np.int64(epoch), array.complete
-
-    def order_of(epoch: np.int64) -> tuple[np.ndarray, np.ndarray]:
-        order = epoch_order(seed, int(epoch), count) if training else np.arange(count)
-        return order.astype(np.int64), mixing_coins(seed, int(epoch), count)
-
-    paths = tf.constant(array.files.paths if array.files.paths else [""], dtype=tf.string)
-    native = tf.constant(array.native if count else np.zeros(1, bool))
+                reseed_random_layers(layer, seed, first_epoch)
     labels = tf.constant(array.labels if count else np.zeros(1, np.int32))
-    decode_jpeg = jpeg_decoder(size)
+    reader = ImageReader(array)
+    # The functions below use tf.cond where they branch: autograph would only add its conversion (half a second) to the start.
+    plain = tf.autograph.experimental.do_not_convert
 
-    def with_pillow(path: bytes) -> np.ndarray:
-        return decode_with_pillow(path.decode("utf-8"), size)
+    def indices_of(step: Any) -> Any:
+        return batch_indices(seed, step, count, batch_size, training=training)
 
-    def decode_one(index: Any) -> Any:
-        path = tf.gather(paths, index)
+    def with_labels(indices: Any, images: Any, step: Any) -> tuple[Any, Any, Any]:
+        return images, tf.one_hot(tf.gather(labels, indices), array.num_classes), step
 
-        def pillow() -> Any:
-            image = tf.numpy_function(with_pillow, [path], tf.uint8, stateful=False)
-            image.set_shape((size, size, 3))
-            return image
+    def steps_from(start: int, stop: int | None = None, *, stored: bool = False) -> Any:
+        """Batch after batch, each read (or, ``stored``, gathered) as a whole."""
+        read = reader.gather if stored else reader.read
 
-        if array.native.all() or not array.native.any():  # one decoder: no branch to take per image
-            return decode_jpeg(tf.io.read_file(path)) if array.native.all() else pillow()
-        return tf.cond(tf.gather(native, index), lambda: decode_jpeg(tf.io.read_file(path)), pillow)
+        @plain
+        def batch(step: Any) -> Any:
+            indices = indices_of(step)
+            return with_labels(indices, read(indices), step)
 
-    def stored(indices: Any, images: Any) -> Any:
-        if array.variable is None:
-            done = tf.numpy_function(array.store, [indices, images], tf.int64, stateful=True)
-        else:
-            written = array.variable.scatter_update(tf.IndexedSlices(images, indices))
-            with tf.control_dependencies([written]):
-                done = tf.numpy_function(array.mark_filled, [indices], tf.int64, stateful=True)
-        with tf.control_dependencies([done]):
-            return indices, tf.identity(images)
+        steps = tf.data.Dataset.counter(start) if stop is None else tf.data.Dataset.range(start, stop)
+        return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def gathered(indices: Any) -> Any:
-        if array.variable is not None:
-            return indices, tf.gather(array.variable, indices)
-        images = tf.numpy_function(array.gather, [indices], tf.uint8, stateful=False)
-        images.set_shape((None, size, size, 3))
-        return indices, images
+    @plain
+    def indices_with_step(step: Any) -> tuple[Any, Any]:
+        indices = indices_of(step)
+        return indices, tf.fill(tf.shape(indices), step)
 
-    def to_float(indices: Any, images: Any, coin: Any) -> Any:
-        pair = (tf.cast(images, tf.float32), tf.one_hot(tf.gather(labels, indices), array.num_classes))
-        return (pair, coin) if mixers else pair
-
-    def epoch_batches(epoch: Any, complete: Any) -> Any:
-        order, coins = tf.numpy_function(order_of, [epoch], (tf.int64, tf.int64), stateful=False)
-        order.set_shape((count,))
-        coins.set_shape((count,))
-        with_coin = lambda indices, images: (indices, images, tf.gather(coins, indices[0]))
-        decoding = tf.where(complete, 0, count)
-        decoded = (
-            tf.data.Dataset.from_tensor_slices(order[:decoding])
-            .map(lambda index: (index, decode_one(index)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def decoding_epoch(start: int) -> Any:
+        """One epoch from ``start`` decoded image by image in parallel, then stored batch by batch: a quick first batch."""
+        return (
+            tf.data.Dataset.range(start, start + batches)
+            .map(indices_with_step)
+            .unbatch()
+            .map(plain(lambda index, step: (index, reader.read_one(index), step)), num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size)
-            .map(stored)
+            .map(plain(lambda indices, images, steps: with_labels(indices, reader.store(indices, images), steps[0])))
         )
-        read = tf.data.Dataset.from_tensor_slices(order[decoding:]).batch(batch_size).map(gathered)
-        return decoded.concatenate(read).map(with_coin)
 
-    signature = (tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.bool))
-    dataset = tf.data.Dataset.from_generator(plan, output_signature=signature).flat_map(epoch_batches)
-    dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    first_step = first_epoch * batches
+    if not training or not array.keep:
+        dataset = steps_from(0, batches) if not training else steps_from(first_step)
+    elif array.complete:
+        dataset = steps_from(first_step, stored=True)
+    else:
+        # The decoding epoch apart: the next epoch starts once it has stored every image, and then only
+        # gathers. Choosing between the two (rather than concatenating them) starts both iterators at once,
+        # so the switch costs nothing where the epochs meet.
+        which = (
+            tf.data.Dataset.from_tensors(np.int64(0))
+            .repeat(batches)
+            .concatenate(tf.data.Dataset.from_tensors(np.int64(1)).repeat())
+        )
+        segments = [decoding_epoch(first_step), steps_from(first_step + batches, stored=True)]
+        dataset = tf.data.Dataset.choose_from_datasets(segments, which)
+    if augmentation is not None or mixers:
+        dataset = dataset.map(
+            plain(lambda images, onehot, step: (tf.cast(images, tf.float32), onehot, step)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     if augmentation is not None:
-        augment = lambda images, labels: (augmentation(images, training=True), labels)
-        if mixers:
-            dataset = dataset.map(lambda pair, coin: (augment(*pair), coin), num_parallel_calls=parallel)
-        else:
-            dataset = dataset.map(augment, num_parallel_calls=parallel)
+        dataset = dataset.map(
+            plain(lambda images, onehot, step: (seeded(augmentation, step_seed, step)(images, training=True), onehot, step)),
+            num_parallel_calls=parallel,
+        )
     if mixers:
-        dataset = mixed_batches(dataset, mixers, parallel=parallel)
-    # flat_map forgets the length; Keras needs it for the first epoch's progress bar and step count.
-    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
+        dataset = mixed_batches(dataset, mixers, seed, step_seed=step_seed, parallel=parallel)
+    dataset = dataset.map(plain(lambda images, onehot, step: (images, onehot)))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def mixed_batches(dataset: Any, mixers: list[Any], *, parallel: Any) -> Any:
-    """Each batch of (images, one-hot labels) through one of ``mixers`` (MixUp, CutMix), drawn per batch as timm does.
+def seeded(layer: Any, seed: int | None, step: Any) -> Any:
+    """``layer``, to be called right away, its random streams set from (seed, step) first: see ``step_seed_assignments``.
 
-    ``dataset`` holds ((images, labels), coin). With one mixer every batch goes through it. With two,
-    the batch's coin (``mixing_coins``: its first image's, from the seed and the epoch) picks one, so half the batches
-    are MixUp's and half CutMix's, never both at once.
+    ``seed`` None: ``layer`` as it is. A parallel map must not reseed per batch: one batch's reseeding would
+    land between another's draws, and CutMix would cut one box and weigh the labels by another.
     """
     import tensorflow as tf
 
-    def mix(layer: Any, images: Any, labels: Any) -> tuple[Any, Any]:
-        mixed = layer({"images": images, "labels": labels}, training=True)
+    if seed is None:
+        return layer
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with tf.control_dependencies(step_seed_assignments(layer, seed, step)):
+            return layer(*args, **kwargs)
+
+    return call
+
+
+class ImageReader:
+    """Tensor functions reading ``array``'s images: decode one, store a batch, gather a batch, or read one (either)."""
+
+    def __init__(self, array: ImageArray) -> None:
+        import tensorflow as tf
+
+        count = len(array)
+        self.array, self.size = array, array.image_size
+        self.filled = array.filled_flags()
+        self.paths = tf.constant(array.files.paths if count else [""], dtype=tf.string)
+        self.native = tf.constant(array.native if count else np.zeros(1, bool))
+        self.decode_jpeg = jpeg_decoder(self.size)
+
+    def with_pillow(self, path: bytes) -> np.ndarray:
+        return decode_with_pillow(path.decode("utf-8"), self.size)
+
+    def decode_one(self, index: Any) -> Any:
+        """Image ``index``, decoded: plain JPEGs by TensorFlow, the rest by Pillow."""
+        import tensorflow as tf
+
+        path = tf.gather(self.paths, index)
+
+        def pillow() -> Any:
+            image = tf.numpy_function(self.with_pillow, [path], tf.uint8, stateful=False)
+            image.set_shape((self.size, self.size, 3))
+            return image
+
+        native = self.array.native
+        if native.all() or not native.any():  # one decoder: no branch to take per image
+            return self.decode_jpeg(tf.io.read_file(path)) if native.all() else pillow()
+        return tf.cond(tf.gather(self.native, index), lambda: self.decode_jpeg(tf.io.read_file(path)), pillow)
+
+    def read_one(self, index: Any) -> Any:
+        """Image ``index``: gathered when stored (another iterator over the same array stored it), else decoded."""
+        import tensorflow as tf
+
+        if not self.array.keep:
+            return self.decode_one(index)
+        stored = lambda: self.gather(tf.reshape(index, [1]))[0]
+        return tf.cond(tf.gather(self.filled, index), stored, lambda: self.decode_one(index))
+
+    def store(self, indices: Any, images: Any) -> Any:
+        """``images`` (decoded ``indices``), returned once kept in the array and marked as stored."""
+        import tensorflow as tf
+
+        array = self.array
+        if not array.keep:
+            return images
+        if array.variable is None:
+            written = tf.numpy_function(array.store, [indices, images], tf.int64, stateful=True)
+        else:
+            written = array.variable.scatter_update(tf.IndexedSlices(images, indices))
+        with tf.control_dependencies([written]):
+            noted = tf.numpy_function(array.mark_filled, [indices], tf.int64, stateful=True)
+        with tf.control_dependencies([noted]):
+            # Only now may another batch gather these images instead of decoding them.
+            marked = self.filled.scatter_update(tf.IndexedSlices(tf.ones_like(indices, tf.bool), indices))
+        with tf.control_dependencies([marked]):
+            return tf.identity(images)
+
+    def gather(self, indices: Any) -> Any:
+        """The stored images ``indices``: one gather."""
+        import tensorflow as tf
+
+        if self.array.variable is not None:
+            return tf.gather(self.array.variable, indices)
+        images = tf.numpy_function(self.array.gather, [indices], tf.uint8, stateful=False)
+        images.set_shape((None, self.size, self.size, 3))
+        return images
+
+    def read(self, indices: Any) -> Any:
+        """Images ``indices``: gathered when all are stored, else decoded one after another (and stored)."""
+        import tensorflow as tf
+
+        def decoded() -> Any:
+            spec = tf.TensorSpec((self.size, self.size, 3), tf.uint8)
+            return self.store(indices, tf.map_fn(self.decode_one, indices, fn_output_signature=spec, parallel_iterations=8))
+
+        return tf.cond(tf.reduce_all(tf.gather(self.filled, indices)), lambda: self.gather(indices), decoded)
+
+
+def mixed_batches(dataset: Any, mixers: list[Any], seed: int, *, step_seed: int | None, parallel: Any) -> Any:
+    """Each batch of (images, one-hot labels, step) through one of ``mixers`` (MixUp, CutMix), drawn per batch as timm does.
+
+    With one mixer every batch goes through it. With two, a coin from (seed, step) picks one, so half
+    the batches are MixUp's and half CutMix's, never both at once.
+    """
+    import tensorflow as tf
+
+    def mix(layer: Any, images: Any, labels: Any, step: Any) -> tuple[Any, Any]:
+        mixed = seeded(layer, step_seed, step)({"images": images, "labels": labels}, training=True)
         return mixed["images"], mixed["labels"]
 
-    def mix_one(batch: tuple[Any, Any], coin: Any) -> tuple[Any, Any]:
-        images, labels = batch
+    def mix_one(images: Any, labels: Any, step: Any) -> tuple[Any, Any, Any]:
         if len(mixers) == 1:
-            return mix(mixers[0], images, labels)
-        return tf.cond(coin % 2 == 0, lambda: mix(mixers[0], images, labels), lambda: mix(mixers[1], images, labels))
+            return (*mix(mixers[0], images, labels, step), step)
+        coin = mixing_coin(seed, step)
+        pair = tf.cond(coin == 0, lambda: mix(mixers[0], images, labels, step), lambda: mix(mixers[1], images, labels, step))
+        return (*pair, step)
 
-    return dataset.map(mix_one, num_parallel_calls=parallel)
+    return dataset.map(tf.autograph.experimental.do_not_convert(mix_one), num_parallel_calls=parallel)

@@ -22,3 +22,26 @@ def reseed_random_layers(layer: Any, seed: int, epoch: int) -> None:
     for index, inner in enumerate(layer._flatten_layers(include_self=True, recursive=True)):
         for number, generator in enumerate(getattr(inner, "_seed_generators", [])):
             generator.state.assign(np.array([epoch_seed(seed, epoch, 1 + 64 * index + number), 0], generator.state.dtype))
+
+
+def step_seed_assignments(layer: Any, seed: int, step: Any) -> list[Any]:
+    """Ops setting every ``SeedGenerator`` inside ``layer`` from (seed, step), for a tf.data map to run before the layer.
+
+    The pipeline's random layers (augmentation, MixUp, CutMix) are reseeded for every batch from the
+    batch's step, so what a batch draws does not depend on what ran before it.
+    """
+    import tensorflow as tf
+
+    generators = [
+        generator
+        for inner in layer._flatten_layers(include_self=True, recursive=True)
+        for generator in getattr(inner, "_seed_generators", [])
+    ]
+    if not generators:
+        return []
+    pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+    draws = tf.random.stateless_uniform([len(generators)], seed=pair, minval=0, maxval=2**31 - 1, dtype=tf.int64)
+    return [
+        generator.state.assign(tf.stack([tf.cast(draws[i], generator.state.dtype), tf.zeros((), generator.state.dtype)]))
+        for i, generator in enumerate(generators)
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,7 @@ class TrialModels(kt.HyperModel):
                 initial_epoch=initial_epoch,
                 verbose=verbose,
                 steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size),
+                train_from=lambda epoch: self.datasets(config, first_epoch=epoch)[0],
             )
         else:
             model.fit(
@@ -97,6 +98,7 @@ class TrialModels(kt.HyperModel):
                 validation_data=validation,
                 epochs=budget,
                 initial_epoch=initial_epoch,
+                steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size),  # endless training batches
                 shuffle=False,  # the tf.data pipeline shuffles
                 callbacks=[*ema_callbacks(config), *callbacks],  # fit_transfer adds its own
                 verbose=verbose,
@@ -140,6 +142,7 @@ def fit_transfer_trial(
     initial_epoch: int,
     verbose: int | str,
     steps_per_epoch: int,
+    train_from: Callable[[int], Any],
 ) -> None:
     """A fine-tuning trial through the run's phases (head, then unfreezing), stopped at the trial's epoch budget."""
     # Always on full images: KerasTuner saves the model that fit trains, which on cached features is the head alone.
@@ -153,6 +156,7 @@ def fit_transfer_trial(
         state,
         [*callbacks, EpochBudget(state, budget)],
         steps_per_epoch=steps_per_epoch,
+        train_from=train_from,
         verbose=verbose,
         log=lambda message: None,
     )

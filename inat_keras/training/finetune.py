@@ -124,6 +124,7 @@ def fit_transfer(
     callbacks: list,
     *,
     steps_per_epoch: int,
+    train_from: Callable[[int], Any] | None = None,
     learning_rate: float | None = None,
     verbose: int | str = "auto",
     log: Callable[[str], None] = print,
@@ -135,6 +136,8 @@ def fit_transfer(
     again anyway, so a resumed fine-tuning phase trains exactly the layers it trained before.
     ``learning_rate`` is the run's rate after any scaling for several replicas; ``class_weight`` is
     Keras's per-class loss weight (``--class-weight balanced``), the same in every phase.
+    ``train_from(epoch)`` gives the training batches from ``epoch`` on: each phase's fit starts its own
+    iterator, at the phase's first epoch (without it, every phase starts where ``datasets["train"]`` does).
     """
 
     phases = plan_phases(config)
@@ -172,10 +175,12 @@ def fit_transfer(
         if class_weight is not None:
             fit_kwargs["class_weight"] = class_weight  # also reaches the head's fit on cached features
         if cached:
-            fit_head_on_features(model, config, datasets, fit_kwargs, log=log)
+            one_pass = {**datasets, "train": datasets["train"].take(steps_per_epoch)}
+            fit_head_on_features(model, config, one_pass, fit_kwargs, log=log)
         else:
+            train = train_from(state["epochs_done"]) if train_from is not None else datasets["train"]
             # The tf.data pipeline shuffles; Keras would only warn.
-            model.fit(datasets["train"], validation_data=datasets["validation"], shuffle=False, **fit_kwargs)
+            model.fit(train, validation_data=datasets["validation"], steps_per_epoch=steps_per_epoch, shuffle=False, **fit_kwargs)
 
 
 def validate_transfer(config: RunConfig, num_classes: int) -> None:

@@ -234,6 +234,7 @@ def fit_remaining_epochs(
                 state,
                 callbacks,
                 steps_per_epoch=setup.steps_per_epoch,
+                train_from=setup.train_from,
                 learning_rate=setup.learning_rate,
                 verbose=verbose,
                 log=log,
@@ -245,6 +246,7 @@ def fit_remaining_epochs(
                 validation_data=setup.datasets["validation"],
                 epochs=config.train.epochs,
                 initial_epoch=state["epochs_done"],
+                steps_per_epoch=setup.steps_per_epoch,  # the training batches are endless: one iterator for the run
                 shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
                 callbacks=[*ema_callbacks(config), *callbacks],  # the averaged weights swapped in before a checkpoint
                 verbose=verbose,

@@ -11,7 +11,7 @@ from typing import Any
 
 from inat_keras.config import RunConfig
 from inat_keras.data.files import DatasetSplit, balanced_class_weights
-from inat_keras.data.pipeline import make_dataset
+from inat_keras.data.pipeline import batched, cached_images
 from inat_keras.devices import describe_device, device_line
 from inat_keras.models.factory import build_model, model_counts
 from inat_keras.training.checkpoints import load_checkpoint
@@ -49,6 +49,8 @@ class TrainingSetup:
     device: str = ""
     # --class-weight balanced: Keras's class_weight for fit (None: every image weighs 1).
     class_weight: dict[int, float] | None = None
+    # The training batches from a given epoch on, over the same decoded images: a fine-tuning phase's fit.
+    train_from: Callable[[int], Any] | None = None
 
 
 def set_up_training(
@@ -68,14 +70,22 @@ def set_up_training(
     policy = set_precision(config.train.mixed_precision)
     # --batch-size is per replica: one step takes a global batch from the pipeline.
     global_data = replace(config.data, batch_size=distribution.global_batch_size(config.data.batch_size))
-    datasets = {
-        # A resumed run starts the data at its epoch: the same batches as an uninterrupted run (data.pipeline).
-        "train": make_dataset(
-            split.train, global_data, num_classes, training=True, cache_name="train", first_epoch=state["epochs_done"]
-        ),
-        "validation": make_dataset(split.validation, global_data, num_classes, training=False, cache_name="val"),
+    arrays = {
+        subset: cached_images(getattr(split, subset), global_data, num_classes, cache_name=name)
+        for subset, name in (("train", "train"), ("validation", "val"))
     }
-    datasets = {name: shard_by_data(dataset, distribution) for name, dataset in datasets.items()}
+
+    def train_from(first_epoch: int) -> Any:
+        # Every fit starts the training batches at its first epoch: the batches an uninterrupted run sees (data.pipeline).
+        dataset = batched(arrays["train"], global_data, len(split.train), training=True, first_epoch=first_epoch)
+        return shard_by_data(dataset, distribution)
+
+    datasets = {
+        "train": train_from(state["epochs_done"]),
+        "validation": shard_by_data(
+            batched(arrays["validation"], global_data, len(split.validation), training=False), distribution
+        ),
+    }
     steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
     learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
     scaling = distribution_report(distribution, config, learning_rate)
@@ -110,7 +120,9 @@ def set_up_training(
         class_weight = balanced_class_weights(split.train.labels, num_classes)
         weights = ", ".join(f"{name} {class_weight[i]:.2f}" for i, name in enumerate(split.class_names))
         log(f"class weights (--class-weight balanced, from the training split): {weights}")
-    return TrainingSetup(model, datasets, steps_per_epoch, learning_rate, policy, counts, scaling, device, class_weight)
+    return TrainingSetup(
+        model, datasets, steps_per_epoch, learning_rate, policy, counts, scaling, device, class_weight, train_from
+    )
 
 
 def model_summary(model: Any) -> str:

@@ -49,6 +49,20 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset_root(tmp_path / "data")
 
 
+@pytest.fixture
+def offline_keras(tmp_path: Path, monkeypatch) -> None:
+    """Keras's downloads fail as they do without a network, and no weights are cached: what a user offline meets."""
+    import urllib.error
+
+    from keras.src.utils import file_utils
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", no_network)
+    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path))
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch) -> None:
     """Keep the demo cache and W&B files out of the user's home."""

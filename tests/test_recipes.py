@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +113,7 @@ def test_each_large_backbone_builds_flat_at_32_px_and_fetches_the_weights_file_i
     assert f"~/.keras/models/{file}" in message and "--weights PATH" in message and "--weights none" in message
 
 
-def test_an_offline_convnext_names_its_weights_file_in_one_line(tmp_path: Path, monkeypatch) -> None:
-    from keras.src.utils import file_utils
-
-    def no_network(url, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(file_utils, "urlretrieve", no_network)
-    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path))  # no cached weights
+def test_an_offline_convnext_names_its_weights_file_in_one_line(offline_keras) -> None:
     with pytest.raises(UserError) as raised:
         build_transfer("convnext_tiny", 3, weights="imagenet", input_size=32)
     message = str(raised.value)

@@ -126,10 +126,27 @@ def test_bayes_search_logs_each_trial_as_its_own_offline_wandb_run(tmp_path, sea
 
 
 @pytest.mark.slow
-def test_hyperband_continues_a_promising_trial_from_its_checkpoint(tmp_path, search_data) -> None:
-    args = search_args(tmp_path, search_data, "hyperband", "--max-trials", "4", "--no-retrain")
+def class_weights_of_every_fit(monkeypatch) -> list:
+    """Records the ``class_weight`` each ``keras.Model.fit`` call is given."""
+    import keras
+
+    given: list = []
+    fit = keras.Model.fit
+
+    def recording_fit(model, *args, **kwargs):
+        given.append(kwargs.get("class_weight"))
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    return given
+
+
+def test_hyperband_continues_a_promising_trial_from_its_checkpoint(tmp_path, search_data, monkeypatch) -> None:
+    args = search_args(tmp_path, search_data, "hyperband", "--max-trials", "4", "--no-retrain", "--class-weight", "balanced")
     args[args.index("--epochs") + 1] = "3"
+    class_weights = class_weights_of_every_fit(monkeypatch)
     assert train_scratch_main(args) == 0
+    assert len(class_weights) == 4 and all(isinstance(weights, dict) for weights in class_weights)  # every trial weighs
     rows = read_rows(tmp_path / "runs" / "s" / "search" / "trials.csv")
     # Factor 3 over 3 epochs: three 1-epoch trials, then the best of them continues to epoch 3.
     assert [row["tuner/epochs"] for row in rows] == ["1", "1", "1", "3"]
@@ -363,13 +380,16 @@ def test_resume_flag_is_refused_with_a_search() -> None:
 
 
 @pytest.mark.slow
-def test_a_finetuning_search_trains_each_trial_through_head_and_unfreezing_phases(tmp_path, search_data) -> None:
+def test_a_finetuning_search_trains_each_trial_through_head_and_unfreezing_phases(tmp_path, search_data, monkeypatch) -> None:
     from inat_keras.cli.finetune import main as finetune_main
 
     space = {"unfreeze": ["all"], "dropout": [0.0, 0.3], "dense_units": [0, 8], "batch_size": [8, 16], "augment": False}
-    args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain", space=space)
+    weighted = ("--class-weight", "balanced")
+    args = search_args(tmp_path, search_data, "random", "--max-trials", "1", "--no-retrain", *weighted, space=space)
     args[args.index("--epochs") + 1] = "2"
+    class_weights = class_weights_of_every_fit(monkeypatch)
     assert finetune_main([*args, "--backbone", "mobilenetv2", "--weights", "none", "--head-epochs", "1"]) == 0
+    assert len(class_weights) == 2 and all(isinstance(weights, dict) for weights in class_weights)  # both phases weigh
     rows = read_rows(tmp_path / "runs" / "s" / "search" / "trials.csv")
     assert [row["status"] for row in rows] == ["COMPLETED"]
     assert rows[0]["epochs_run"] == "2"  # the head epoch, then the unfrozen one

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
 
 import keras
@@ -98,14 +97,7 @@ def test_loading_a_local_weights_file_gives_the_outputs_of_the_model_whose_weigh
     np.testing.assert_allclose(np.asarray(feature_extractor(model)(x)), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_a_failed_imagenet_download_is_one_line_that_names_a_local_file_or_none(tmp_path: Path, monkeypatch) -> None:
-    from keras.src.utils import file_utils
-
-    def no_network(url, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(file_utils, "urlretrieve", no_network)
-    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path))  # no cached weights
+def test_a_failed_imagenet_download_is_one_line_that_names_a_local_file_or_none(offline_keras) -> None:
     with pytest.raises(UserError) as raised:
         build_transfer("mobilenetv2", 3, weights="imagenet", input_size=96)
     message = str(raised.value)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from inat_keras.cli.flags import add_inspection_wandb_arg, add_model_args
-from inat_keras.cli.run import start_tensorflow
+from inat_keras.cli.run import open_trained, track_in_wandb
 from inat_keras.cli.values import Parser, positive_int, seed
 
 
@@ -30,18 +30,13 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # The library (and TensorFlow with it) is imported after the flags parse: --help and flag errors come at once.
-    start_tensorflow()
+    trained, out_dir = open_trained(args, "eval")
     from inat_keras.inspection.evaluate import evaluate, format_summary
-    from inat_keras.inspection.tracking import log_evaluation, track_inspection
-    from inat_keras.inspection.trained import default_output_dir, load_trained
+    from inat_keras.inspection.tracking import log_evaluation
 
-    trained = load_trained(args.model, args.classes)
-    out_dir = default_output_dir(trained, args.out, "eval")
     metrics = evaluate(trained, out_dir, data=args.data, tta=args.tta, seed=args.seed, batch_size=args.batch_size)
     for skipped in metrics["skipped"]:
         print(f"error: {skipped['path']}: not a readable image ({skipped['error']}); skipped", file=sys.stderr)
     print(format_summary(metrics, out_dir))
-    tracked = track_inspection(trained, args.wandb, "evaluate", lambda wandb_run: log_evaluation(wandb_run, out_dir))
-    if tracked:
-        print(tracked)
+    track_in_wandb(trained, args, "evaluate", lambda wandb_run: log_evaluation(wandb_run, out_dir))
     return 0

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from inat_keras.cli.flags import add_inspection_wandb_arg, add_model_args
-from inat_keras.cli.run import start_tensorflow
+from inat_keras.cli.run import open_trained, track_in_wandb
 from inat_keras.cli.values import Parser, seed
 
 
@@ -26,13 +26,10 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # The library (and TensorFlow with it) is imported after the flags parse: --help and flag errors come at once.
-    start_tensorflow()
+    trained, out_dir = open_trained(args, "explain")
     from inat_keras.inspection.explain import MIN_MAP_SIDE, explain
-    from inat_keras.inspection.tracking import log_explanation, track_inspection
-    from inat_keras.inspection.trained import default_output_dir, load_trained
+    from inat_keras.inspection.tracking import log_explanation
 
-    trained = load_trained(args.model, args.classes)
-    out_dir = default_output_dir(trained, args.out, "explain")
     summary = explain(trained, out_dir, image_path=args.image, seed=args.seed)
     maps = ", ".join(item["file"] for item in summary["feature_maps"])
     print(f"{summary['image']}: predicted {summary['predicted_class']} ({summary['probability']:.1%})")
@@ -45,7 +42,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"feature maps: skipped {len(skipped)} layer(s) whose maps are {smaller}: {listed} (all in explain.json)")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
-    tracked = track_inspection(trained, args.wandb, "explain", lambda wandb_run: log_explanation(wandb_run, out_dir))
-    if tracked:
-        print(tracked)
+    track_in_wandb(trained, args, "explain", lambda wandb_run: log_explanation(wandb_run, out_dir))
     return 0

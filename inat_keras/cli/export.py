@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from inat_keras.cli.flags import add_inspection_wandb_arg, add_model_args
-from inat_keras.cli.run import start_tensorflow
+from inat_keras.cli.run import open_trained, track_in_wandb
 from inat_keras.cli.values import Parser, non_negative_float
 from inat_keras.inspection.formats import FORMATS, TOLERANCE
 
@@ -39,13 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # The library (and TensorFlow with it) is imported after the flags parse: --help and flag errors come at once.
-    start_tensorflow()
+    trained, out_dir = open_trained(args, "export")
     from inat_keras.inspection.export import export_model
-    from inat_keras.inspection.tracking import log_exports, track_inspection
-    from inat_keras.inspection.trained import default_output_dir, load_trained
+    from inat_keras.inspection.tracking import log_exports
 
-    trained = load_trained(args.model, args.classes)
-    out_dir = default_output_dir(trained, args.out, "export")
     results = {}
     for fmt in dict.fromkeys(args.format):
         result = results[fmt] = export_model(trained, fmt, out_dir, tolerance=args.tolerance)
@@ -53,7 +50,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{fmt}: {result['path']} ({human_size(result['bytes'])}); max difference from Keras "
             f"{result['max_abs_difference']:.2e} on {result['checked_images']} images"
         )
-    tracked = track_inspection(trained, args.wandb, "export", lambda wandb_run: log_exports(wandb_run, results))
-    if tracked:
-        print(tracked)
+    track_in_wandb(trained, args, "export", lambda wandb_run: log_exports(wandb_run, results))
     return 0

@@ -11,6 +11,7 @@ C++ info and warnings off the terminal and lets its errors through. A user who s
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from inat_keras.errors import UserError
 from inat_keras.storage import DISK_FAULTS
@@ -90,6 +92,24 @@ def start_tensorflow(*, verbose: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # where cuInit fails on a machine without a GPU driver
+
+
+def open_trained(args: argparse.Namespace, folder: str) -> tuple[Any, Path]:
+    """For evaluate, explain and export: start TensorFlow, load ``args.model`` and name its output folder ``folder``."""
+    start_tensorflow()
+    from inat_keras.inspection.trained import default_output_dir, load_trained
+
+    trained = load_trained(args.model, args.classes)
+    return trained, default_output_dir(trained, args.out, folder)
+
+
+def track_in_wandb(trained: Any, args: argparse.Namespace, command: str, log: Callable[[Any], None]) -> None:
+    """Log an inspection command's results into the run's own W&B run (``args.wandb``), and say where."""
+    from inat_keras.inspection.tracking import track_inspection
+
+    tracked = track_inspection(trained, args.wandb, command, log)
+    if tracked:
+        print(tracked)
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import keras
 import keras_tuner as kt
 
 from inat_keras.config import RunConfig
-from inat_keras.data.files import DatasetSplit
+from inat_keras.data.files import DatasetSplit, balanced_class_weights
 from inat_keras.data.pipeline import batched, cached_images
 from inat_keras.models.factory import build_model
 from inat_keras.runs import trial_number
@@ -80,6 +80,9 @@ class TrialModels(kt.HyperModel):
             callbacks.append(tensorboard_callback(log_dir, config.tracking, first_epoch=initial_epoch))
         train, validation = self.datasets(config, first_epoch=initial_epoch)
         budget = epochs or config.train.epochs
+        class_weight = None
+        if config.train.class_weight == "balanced":  # as a run weighs its classes, so does each trial
+            class_weight = balanced_class_weights(self.split.train.labels, self.num_classes)
         if config.kind == "transfer":
             fit_transfer_trial(
                 model,
@@ -91,6 +94,7 @@ class TrialModels(kt.HyperModel):
                 verbose=verbose,
                 steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size),
                 train_from=lambda epoch: self.datasets(config, first_epoch=epoch)[0],
+                class_weight=class_weight,
             )
         else:
             model.fit(
@@ -102,6 +106,7 @@ class TrialModels(kt.HyperModel):
                 shuffle=False,  # the tf.data pipeline shuffles
                 callbacks=[*ema_callbacks(config), *callbacks],  # fit_transfer adds its own
                 verbose=verbose,
+                class_weight=class_weight,
             )
         if wandb_run is not None:
             wandb_run.log_summary({"best_" + OBJECTIVE: max(history.history[OBJECTIVE])})
@@ -143,6 +148,7 @@ def fit_transfer_trial(
     verbose: int | str,
     steps_per_epoch: int,
     train_from: Callable[[int], Any],
+    class_weight: dict[int, float] | None,
 ) -> None:
     """A fine-tuning trial through the run's phases (head, then unfreezing), stopped at the trial's epoch budget."""
     # Always on full images: KerasTuner saves the model that fit trains, which on cached features is the head alone.
@@ -157,6 +163,7 @@ def fit_transfer_trial(
         [*callbacks, EpochBudget(state, budget)],
         steps_per_epoch=steps_per_epoch,
         train_from=train_from,
+        class_weight=class_weight,
         verbose=verbose,
         log=lambda message: None,
     )

@@ -405,12 +405,12 @@ class ImageReader:
         array = self.array
         if not array.keep:
             return images
-        if array.variable is None:
-            written = tf.numpy_function(array.store, [indices, images], tf.int64, stateful=True)
+        if array.variable is None:  # the memmap: ``store`` writes the images and counts them
+            noted = tf.numpy_function(array.store, [indices, images], tf.int64, stateful=True)
         else:
             written = array.variable.scatter_update(tf.IndexedSlices(images, indices))
-        with tf.control_dependencies([written]):
-            noted = tf.numpy_function(array.mark_filled, [indices], tf.int64, stateful=True)
+            with tf.control_dependencies([written]):
+                noted = tf.numpy_function(array.mark_filled, [indices], tf.int64, stateful=True)
         with tf.control_dependencies([noted]):
             # Only now may another batch gather these images instead of decoding them.
             marked = self.filled.scatter_update(tf.IndexedSlices(tf.ones_like(indices, tf.bool), indices))

@@ -78,25 +78,18 @@ BACKBONES: dict[str, Backbone] = {
             (("include_preprocessing", True),),
         ),
         # Keras's EfficientNetV2-M and -L weights: ImageNet-1k, evaluated at 480 px.
-        Backbone(
-            "efficientnetv2m",
-            "efficientnet_v2",
-            "EfficientNetV2M",
-            480,
-            32,
-            "inside",
-            "top_activation",
-            (("include_preprocessing", True),),
-        ),
-        Backbone(
-            "efficientnetv2l",
-            "efficientnet_v2",
-            "EfficientNetV2L",
-            480,
-            32,
-            "inside",
-            "top_activation",
-            (("include_preprocessing", True),),
+        *(
+            Backbone(
+                f"efficientnetv2{size}",
+                "efficientnet_v2",
+                f"EfficientNetV2{size.upper()}",
+                480,
+                32,
+                "inside",
+                "top_activation",
+                (("include_preprocessing", True),),
+            )
+            for size in ("m", "l")
         ),
         # ConvNeXt normalises its 0-255 input itself (a Normalization layer) and uses LayerNormalization, which
         # keeps no running statistics (see transfer.set_trainable). Tiny and Small: ImageNet-1k weights; Base:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ import keras_tuner as kt
 
 from inat_keras.config import RunConfig
 from inat_keras.data.files import DatasetSplit, balanced_class_weights
-from inat_keras.data.pipeline import batched, cached_images
+from inat_keras.data.pipeline import batched, cached_images, epoch_batches
 from inat_keras.models.factory import build_model
 from inat_keras.runs import trial_number
 from inat_keras.search.space import OBJECTIVE, declare, trial_config
@@ -47,7 +46,7 @@ class TrialModels(kt.HyperModel):
         # KerasTuner clears the Keras session before each build, which resets the precision policy.
         set_precision(config.train.mixed_precision)
         model = build_model(config, self.num_classes)
-        compile_model(model, config, steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size))
+        compile_model(model, config, steps_per_epoch=epoch_batches(len(self.split.train), config.data.batch_size))
         return model
 
     def fit(
@@ -80,6 +79,7 @@ class TrialModels(kt.HyperModel):
             callbacks.append(tensorboard_callback(log_dir, config.tracking, first_epoch=initial_epoch))
         train, validation = self.datasets(config, first_epoch=initial_epoch)
         budget = epochs or config.train.epochs
+        steps_per_epoch = epoch_batches(len(self.split.train), config.data.batch_size)  # the training batches are endless
         class_weight = None
         if config.train.class_weight == "balanced":  # as a run weighs its classes, so does each trial
             class_weight = balanced_class_weights(self.split.train.labels, self.num_classes)
@@ -92,7 +92,7 @@ class TrialModels(kt.HyperModel):
                 budget=budget,
                 initial_epoch=initial_epoch,
                 verbose=verbose,
-                steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size),
+                steps_per_epoch=steps_per_epoch,
                 train_from=lambda epoch: self.datasets(config, first_epoch=epoch)[0],
                 class_weight=class_weight,
             )
@@ -102,7 +102,7 @@ class TrialModels(kt.HyperModel):
                 validation_data=validation,
                 epochs=budget,
                 initial_epoch=initial_epoch,
-                steps_per_epoch=math.ceil(len(self.split.train) / config.data.batch_size),  # endless training batches
+                steps_per_epoch=steps_per_epoch,
                 shuffle=False,  # the tf.data pipeline shuffles
                 callbacks=[*ema_callbacks(config), *callbacks],  # fit_transfer adds its own
                 verbose=verbose,

@@ -3,7 +3,6 @@ resumed run's last checkpoint), and what they cost."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from inat_keras.config import RunConfig
 from inat_keras.data.files import DatasetSplit, balanced_class_weights
-from inat_keras.data.pipeline import batched, cached_images
+from inat_keras.data.pipeline import batched, cached_images, epoch_batches
 from inat_keras.devices import describe_device, device_line
 from inat_keras.models.factory import build_model, model_counts
 from inat_keras.training.checkpoints import load_checkpoint
@@ -86,7 +85,7 @@ def set_up_training(
             batched(arrays["validation"], global_data, len(split.validation), training=False), distribution
         ),
     }
-    steps_per_epoch = math.ceil(len(split.train) / global_data.batch_size)
+    steps_per_epoch = epoch_batches(len(split.train), global_data.batch_size)
     learning_rate = scaled_learning_rate(config.train.learning_rate, distribution.num_replicas, config.train.lr_scaling)
     scaling = distribution_report(distribution, config, learning_rate)
     if distribution.mode != "none":

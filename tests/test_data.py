@@ -163,6 +163,22 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(colour + rng.normal(0, 6, colour.shape), 0, 255).astype(np.uint8)
 
 
+def with_app1(jpeg: bytes, payload: bytes, *, after_app0: bool = True) -> bytes:
+    """``jpeg`` with an APP1 segment holding ``payload`` (EXIF or XMP), after its JFIF segment or right after SOI."""
+    at = 4 + int.from_bytes(jpeg[4:6], "big") if after_app0 else 2
+    return jpeg[:at] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[at:]
+
+
+def big_endian_exif(orientation: int, *, other_tags: int = 2) -> bytes:
+    """An EXIF block in Motorola byte order (Pillow writes Intel's), the orientation after ``other_tags`` other tags."""
+    entries = [(0x010F + i, 2, 1, 0) for i in range(other_tags)] + [(0x0112, 3, 1, orientation << 16)]
+    directory = len(entries).to_bytes(2, "big") + b"".join(
+        tag.to_bytes(2, "big") + kind.to_bytes(2, "big") + count.to_bytes(4, "big") + value.to_bytes(4, "big")
+        for tag, kind, count, value in entries
+    )
+    return b"Exif\0\0MM\0\x2a" + (8).to_bytes(4, "big") + directory + b"\0\0\0\0"
+
+
 def write_router_images(folder: Path) -> dict[str, bool]:
     """Files of each kind, named, with whether TensorFlow's JPEG decoder should take them."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,19 +190,43 @@ def write_router_images(folder: Path) -> dict[str, bool]:
     exif = Image.Exif()
     exif[0x0112] = 6
     picture.save(folder / "turned.jpg", exif=exif)
+    exif[0x0112] = 1
+    picture.save(folder / "upright_exif.jpg", exif=exif)
     picture.save(folder / "image.png")
     picture.save(folder / "png_named.jpg", format="PNG")
     (folder / "notes.jpg").write_text("not an image")
+    plain = (folder / "plain.jpg").read_bytes()
+    xmp = b'http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><rdf:Description tiff:Orientation="%s"/></x:xmpmeta>'
+    (folder / "xmp_turned.jpg").write_bytes(with_app1(plain, xmp % b"8"))
+    (folder / "xmp_upright.jpg").write_bytes(with_app1(plain, xmp % b"1"))
+    (folder / "motorola_turned.jpg").write_bytes(with_app1(plain, big_endian_exif(3), after_app0=False))
+    (folder / "motorola_upright.jpg").write_bytes(with_app1(plain, big_endian_exif(1), after_app0=False))
+    (folder / "fill_byte.jpg").write_bytes(plain[:2] + b"\xff" + plain[2:])  # a fill byte before the first marker
     return {
         "plain.jpg": True,
         "progressive.jpg": True,
         "gray.jpg": True,
         "cmyk.jpg": False,
         "turned.jpg": False,
+        "upright_exif.jpg": True,
         "image.png": False,
         "png_named.jpg": False,
         "notes.jpg": False,
+        "xmp_turned.jpg": False,
+        "xmp_upright.jpg": True,
+        "motorola_turned.jpg": False,
+        "motorola_upright.jpg": True,
+        "fill_byte.jpg": True,
     }
+
+
+def pillow_shows_as_tensorflow(path: Path) -> bool:
+    """The rule, in Pillow's words: a JPEG in RGB or L that ``exif_transpose`` leaves as it is."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1
+    except Exception:
+        return False
 
 
 def test_plain_jpegs_take_tensorflows_decoder_and_every_other_file_pillow(tmp_path: Path) -> None:
@@ -194,7 +234,14 @@ def test_plain_jpegs_take_tensorflows_decoder_and_every_other_file_pillow(tmp_pa
 
     expected = write_router_images(tmp_path)
     assert {name: decode.native_jpeg(tmp_path / name) for name in expected} == expected
+    assert {name: pillow_shows_as_tensorflow(tmp_path / name) for name in expected} == expected  # Pillow agrees
     assert decode.native_jpeg(tmp_path / "missing.jpg") is False
+    plain = (tmp_path / "plain.jpg").read_bytes()
+    assert decode.native_jpeg_header(plain)
+    assert not decode.native_jpeg_header(plain[:40])  # the header cut short: Pillow's path says what is wrong
+    # A header that runs past what is read goes to Pillow, which reads it all.
+    long_comment = b"\xff\xfe" + (decode.HEADER_BYTES - 2).to_bytes(2, "big") + bytes(decode.HEADER_BYTES - 4)
+    assert not decode.native_jpeg_header((plain[:2] + long_comment + plain[2:])[: decode.HEADER_BYTES])
 
 
 @pytest.mark.parametrize("height, width, size", [(450, 600, 224), (600, 450, 200), (60, 80, 32), (50, 70, 64)])
@@ -217,7 +264,7 @@ def test_mixed_formats_keep_their_order_and_labels_through_both_decoders(tmp_pat
     kinds = write_router_images(tmp_path)
     names = [name for name in kinds if name != "notes.jpg"] * 2  # routes alternate within the list
     paths = [str(tmp_path / name) for name in names]
-    native = decode.native_jpegs(paths)
+    native = [decode.native_jpeg(path) for path in paths]
     assert native == [kinds[name] for name in names] and 0 < sum(native) < len(native)
     labels = [i % 3 for i in range(len(paths))]
     images, one_hot = decoded_in_file_order(paths, labels, 24, batch_size=3)

@@ -6,7 +6,7 @@ its reason, and the non-image files that were ignored. Training runs the same ch
 a broken file stops a run before it starts instead of crashing tf.data hours into it.
 
 Each file is decoded by the decoder training uses for it (TensorFlow's for plain JPEGs,
-``data.decodes_natively``; Pillow's ``data.to_rgb`` for the rest), so a file that passes here
+``data.native_jpeg_header``; Pillow's ``data.to_rgb`` for the rest), so a file that passes here
 decodes in training. Verdicts are cached by path, size and modification time in
 ``cache_home()/datacheck/``: the second check only stats the files.
 """
@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
-from inat_keras.data.decode import decodes_natively, quiet_size_warning, to_rgb, verify_jpeg
+from inat_keras.data.decode import HEADER_BYTES, native_jpeg_header, quiet_size_warning, to_rgb, verify_jpeg
 from inat_keras.data.demo import cache_home
 from inat_keras.data.files import is_image_name, list_class_images
 from inat_keras.data.report import MIN_SIDE, CheckedFile, DataReport, Inspection, build_report
@@ -34,7 +34,8 @@ from inat_keras.storage import read_json, write_json
 
 # Decoding JPEGs at a reduced DCT scale still reads every byte, so truncation is found, at a fraction of the cost.
 DRAFT_SIDE = 32
-CACHE_VERSION = 3  # 2: plain JPEGs checked with TensorFlow's decoder, as training reads them; 3: over Pillow's pixel limit
+CACHE_VERSION = 4  # 2: plain JPEGs checked with TensorFlow's decoder, as training reads them; 3: over Pillow's pixel limit;
+# 4: which JPEGs are plain decided from the header bytes (native_jpeg_header)
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "icon\r"})
 ProgressCallback = Callable[[int, int], None]
 
@@ -159,7 +160,7 @@ def inspect_bytes(content: bytes) -> Inspection:
             if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # where Pillow starts to warn
                 limit = f"over Pillow's limit of {Image.MAX_IMAGE_PIXELS}"
                 return Inspection("too_large", f"{width}x{height} pixels, {limit}", sha256)
-            native = decodes_natively(image)  # before draft, which may change what the header says
+            native = native_jpeg_header(content[:HEADER_BYTES])
             image.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
             if native:
                 try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,15 +49,65 @@ def to_rgb(image: Image.Image) -> Image.Image:
 EXIF_ORIENTATION = 0x0112
 # The DCT scalings TensorFlow's decode_jpeg offers (its ``ratio``), as Pillow's ``draft`` does.
 JPEG_SCALES = (1, 2, 4, 8)
+# How much of a file ``native_jpeg_header`` reads: a header (EXIF, XMP, tables) running past it goes to Pillow.
+HEADER_BYTES = 65536
+# Start-of-frame markers: the frame header holds the number of colour components.
+FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+START_OF_SCAN = 0xDA
+APP1 = 0xE1  # where JPEGs keep EXIF and XMP, the two places Pillow reads an orientation from
+XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # Pillow's own pattern (Image.getexif)
 
 
-def decodes_natively(image: Image.Image) -> bool:
-    """Whether TensorFlow's JPEG decoder shows the same picture as ``to_rgb`` would.
+def exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of a TIFF block's first directory (1 when it has none); None when the block is unreadable."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    (directory,) = struct.unpack_from(order + "I", tiff, 4)
+    if directory + 2 > len(tiff):
+        return None
+    (entries,) = struct.unpack_from(order + "H", tiff, directory)
+    for entry in range(directory + 2, directory + 2 + 12 * entries, 12):
+        if entry + 12 > len(tiff):
+            return None
+        tag, _type, _count, value = struct.unpack_from(order + "HHIH", tiff, entry)
+        if tag == EXIF_ORIENTATION:
+            return value
+    return 1
 
-    That is a JPEG in colour or grey, not turned by an EXIF orientation (TensorFlow ignores the tag);
-    CMYK JPEGs and every other format go through Pillow. Reads only the header.
+
+def native_jpeg_header(head: bytes) -> bool:
+    """Whether TensorFlow's JPEG decoder shows the same picture as ``to_rgb`` would, from a file's first bytes.
+
+    That is a JPEG in colour or grey (1 or 3 components: CMYK goes to Pillow) whose header, up to its
+    start of scan, sits within ``head`` and turns nothing: no EXIF orientation but 1, and no XMP one
+    (TensorFlow ignores both; Pillow's ``exif_transpose`` applies them). It reads the markers in a few
+    microseconds, so the pipeline asks it per image; anything it cannot read is not native, and Pillow's
+    path, which shows every file correctly, reports what is wrong.
     """
-    return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    if head[:3] != b"\xff\xd8\xff":
+        return False
+    position, components = 2, 0
+    while position + 4 <= len(head):
+        if head[position] != 0xFF:
+            return False
+        marker = head[position + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            position += 1
+            continue
+        if marker == START_OF_SCAN:
+            return components in (1, 3)
+        (length,) = struct.unpack_from(">H", head, position + 2)
+        segment = head[position + 4 : position + 2 + length]
+        if marker in FRAME_MARKERS and len(segment) >= 6:
+            components = segment[5]
+        elif marker == APP1 and segment.startswith(b"Exif\0\0"):
+            if exif_orientation(segment[6:]) != 1:
+                return False
+        elif marker == APP1 and any(match[2] != b"1" for match in XMP_ORIENTATION.finditer(segment)):
+            return False
+        position += 2 + length
+    return False
 
 
 def quiet_size_warning() -> None:
@@ -70,12 +122,11 @@ def quiet_size_warning() -> None:
 
 
 def native_jpeg(path: str | os.PathLike) -> bool:
-    """``decodes_natively`` for a file; False for anything Pillow cannot open, so its path reports the error."""
-    quiet_size_warning()
+    """``native_jpeg_header`` of a file; False for a file that cannot be read, so Pillow's path reports the error."""
     try:
-        with Image.open(path) as image:
-            return decodes_natively(image)
-    except Exception:  # a bad file is not this probe's to report: load_image's Pillow path names what is wrong
+        with open(path, "rb") as file:
+            return native_jpeg_header(file.read(HEADER_BYTES))
+    except OSError:
         return False
 
 
@@ -204,14 +255,3 @@ def load_images(
 
     on_decode_pool(len(paths), decode_into)
     return images
-
-
-def native_jpegs(paths: Sequence[str]) -> list[bool]:
-    """``native_jpeg`` of each path, in order (header reads on the decoding threads: tens of microseconds a file)."""
-    flags = [False] * len(paths)
-
-    def probe(i: int) -> None:
-        flags[i] = native_jpeg(paths[i])
-
-    on_decode_pool(len(paths), probe)
-    return flags

@@ -8,6 +8,7 @@ of threads.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import struct
@@ -49,6 +50,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 EXIF_ORIENTATION = 0x0112
 # The DCT scalings TensorFlow's decode_jpeg offers (its ``ratio``), as Pillow's ``draft`` does.
 JPEG_SCALES = (1, 2, 4, 8)
+# How far a reduced DCT scale may take the short side below the target (which the area resize then enlarges
+# back): 0.7 gives up 1.7 dB of quality, still 4.8 dB above Keras's loader, for 11% more images/s
+# (docs/performance.md, "The resize trade").
+DRAFT_FRACTION = 0.7
 # How much of a file ``native_jpeg_header`` reads: a header (EXIF, XMP, tables) running past it goes to Pillow.
 HEADER_BYTES = 65536
 # Start-of-frame markers: the frame header holds the number of colour components.
@@ -74,6 +79,11 @@ def exif_orientation(tiff: bytes) -> int | None:
         if tag == EXIF_ORIENTATION:
             return value
     return 1
+
+
+def draft_side(size: int) -> int:
+    """The short side a reduced DCT scale must keep for a ``size`` target: ``DRAFT_FRACTION`` of it."""
+    return math.ceil(DRAFT_FRACTION * size)
 
 
 def native_jpeg_header(head: bytes) -> bool:
@@ -134,10 +144,10 @@ def native_jpeg(path: str | os.PathLike) -> bool:
 def jpeg_decoder(size: int) -> Any:
     """A TensorFlow function: JPEG bytes to a ``size`` x ``size`` x 3 uint8 image, the GIL never taken.
 
-    Decodes at the largest DCT scale that keeps the short side at least ``size`` (what ``draft`` picks),
-    then averages the covered pixels (area resize: antialiased, and cheaper than a bilinear filter with
-    antialiasing); images smaller than ``size`` are enlarged bilinearly instead, since area enlarges
-    by repeating pixels.
+    Decodes at the largest DCT scale that keeps the short side at least ``draft_side(size)`` (what
+    ``draft`` picks for it), then averages the covered pixels (area resize: antialiased, and cheaper
+    than a bilinear filter with antialiasing); images smaller than ``size`` at full scale are enlarged
+    bilinearly instead, since area enlarges by repeating pixels.
     """
     import tensorflow as tf
 
@@ -149,12 +159,12 @@ def jpeg_decoder(size: int) -> Any:
 
     @tf.function(input_signature=[tf.TensorSpec((), tf.string)], autograph=False)  # explicit switch_case and cond
     def decode(contents: Any) -> Any:
-        fits = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2]) // size
+        fits = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2]) // draft_side(size)
         scale_index = tf.reduce_sum(tf.cast(fits >= tf.constant(JPEG_SCALES[1:]), tf.int32))
         image = tf.switch_case(scale_index, [decode_at(contents, scale) for scale in JPEG_SCALES])
         image.set_shape((None, None, 3))
-        shrinks = tf.reduce_min(tf.shape(image)[:2]) >= size
-        resized = tf.cond(shrinks, resize(image, "area"), resize(image, "bilinear", antialias=True))
+        by_area = (scale_index > 0) | (tf.reduce_min(tf.shape(image)[:2]) >= size)
+        resized = tf.cond(by_area, resize(image, "area"), resize(image, "bilinear", antialias=True))
         # Both filters average non-negative weights, so values stay within 0-255: + 0.5 rounds.
         return tf.cast(resized + 0.5, tf.uint8)
 
@@ -165,7 +175,7 @@ def decode_with_pillow(path: str | os.PathLike, size: int) -> np.ndarray:
     """Any image file Pillow reads, at a reduced JPEG scale where the target allows, with an antialiased resize."""
     quiet_size_warning()
     with Image.open(path) as image:
-        image.draft("RGB", (size, size))
+        image.draft("RGB", (draft_side(size), draft_side(size)))
         rgb = to_rgb(image)
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
@@ -215,9 +225,9 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 # the decoding threads wait for; a chunk pays it once.
 DECODE_CHUNK = 32
 DECODE_TASK = 4  # files per thread-pool task
-# Part of a file cache's name: caches written by an older decoder (Pillow for every file, before 2)
-# hold other pixels, so they are not reused.
-DECODER_VERSION = 2
+# Part of a file cache's name: caches written by an older decoder (Pillow for every file before 2, DCT
+# scales keeping the whole target side before 3) hold other pixels, so they are not reused.
+DECODER_VERSION = 3
 
 
 @functools.cache

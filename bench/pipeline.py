@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(f"\none core, milliseconds per image (best of 3 passes over {min(args.images, 100)} images)")
     for name, ms in floor.items():
-        print(f"{name:<50}{ms:>14.2f}")
+        print(f"{name:<50}{ms:>14.3f}")
     print(
         f"image quality, PSNR against a Lanczos resize of the full decode: baseline {quality['baseline']:.1f} dB, "
         f"ours {quality['ours']:.1f} dB"

@@ -67,13 +67,9 @@ class ImageArray:
     # and stored by TensorFlow's own ops, never through Python (5x the later epochs' rate of a numpy gather).
     variable: Any = None
     complete: bool = False
-    filled: np.ndarray = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    # ``filled`` as a TensorFlow variable, read by the pipeline to choose between gathering and decoding.
+    # Which images are stored: a bool variable the pipeline reads and sets, the array's only such record.
     flags: Any = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.filled = np.full(len(self.files), self.complete)
 
     def filled_flags(self) -> Any:
         """Which images are stored, as a bool variable the pipeline reads and sets (one per array, shared by its datasets)."""
@@ -81,7 +77,8 @@ class ImageArray:
             if self.flags is None:
                 import tensorflow as tf
 
-                self.flags = tf.Variable(self.filled if len(self) else np.zeros(1, bool), trainable=False, name="filled")
+                initial = np.full(max(len(self), 1), self.complete and len(self) > 0)
+                self.flags = tf.Variable(initial, trainable=False, name="filled")
             return self.flags
 
     @classmethod
@@ -99,21 +96,19 @@ class ImageArray:
         return len(self.files)
 
     def store(self, indices: np.ndarray, images: np.ndarray) -> np.int64:
-        """Keep a decoded batch; the last missing image completes the array (and the memmap's marker)."""
-        if not self.keep or self.complete:
-            return np.int64(0)
-        self.images[indices] = images
-        return self.mark_filled(indices)
+        """Write a decoded batch into the memmap (a finished array is read-only, and stores nothing)."""
+        if self.keep and not self.complete:
+            self.images[indices] = images
+        return np.int64(0)
 
     def pixels(self) -> np.ndarray:
         """All the images as one numpy array (a copy for ``--cache memory``)."""
         return self.variable.numpy() if self.variable is not None else np.asarray(self.images)
 
-    def mark_filled(self, indices: np.ndarray) -> np.int64:
-        """Count the stored images; the last one completes the array (and writes the memmap's marker)."""
+    def finish(self) -> np.int64:
+        """Every image is stored: the array is complete (a memmap is flushed, then its marker written). Idempotent."""
         with self.lock:
-            self.filled[indices] = True
-            if not self.complete and self.filled.all():
+            if not self.complete:
                 if self.marker is not None:
                     self.images.flush()  # type: ignore[attr-defined]
                     write_json(self.marker, marker_contents(self.images.shape))
@@ -414,16 +409,21 @@ class ImageReader:
         array = self.array
         if not array.keep:
             return images
-        if array.variable is None:  # the memmap: ``store`` writes the images and counts them
-            noted = tf.numpy_function(array.store, [indices, images], tf.int64, stateful=True)
+        if array.variable is None:  # the memmap, written from Python
+            written = tf.numpy_function(array.store, [indices, images], tf.int64, stateful=True)
         else:
             written = array.variable.scatter_update(tf.IndexedSlices(images, indices))
-            with tf.control_dependencies([written]):
-                noted = tf.numpy_function(array.mark_filled, [indices], tf.int64, stateful=True)
-        with tf.control_dependencies([noted]):
+        with tf.control_dependencies([written]):
             # Only now may another batch gather these images instead of decoding them.
             marked = self.filled.scatter_update(tf.IndexedSlices(tf.ones_like(indices, tf.bool), indices))
         with tf.control_dependencies([marked]):
+            every_image = tf.reduce_all(self.filled.read_value())
+        finished = tf.cond(
+            every_image,
+            lambda: tf.numpy_function(array.finish, [], tf.int64, stateful=True),
+            lambda: tf.constant(0, tf.int64),
+        )
+        with tf.control_dependencies([finished]):
             return tf.identity(images)
 
     def gather(self, indices: Any) -> Any:

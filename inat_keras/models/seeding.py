@@ -12,6 +12,15 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def seed_generators(layer: Any) -> list[tuple[int, Any]]:
+    """Every ``SeedGenerator`` of ``layer`` and the layers inside it, each with its stream number (stable per model)."""
+    return [
+        (1 + 64 * index + number, generator)
+        for index, inner in enumerate(layer._flatten_layers(include_self=True, recursive=True))
+        for number, generator in enumerate(getattr(inner, "_seed_generators", []))
+    ]
+
+
 def reseed_random_layers(layer: Any, seed: int, epoch: int) -> None:
     """Set the ``SeedGenerator`` state of ``layer`` and every layer inside it from (seed, epoch).
 
@@ -19,9 +28,8 @@ def reseed_random_layers(layer: Any, seed: int, epoch: int) -> None:
     state otherwise carries on from wherever the process left it: after a resume it would restart
     at the layer's initial seed.
     """
-    for index, inner in enumerate(layer._flatten_layers(include_self=True, recursive=True)):
-        for number, generator in enumerate(getattr(inner, "_seed_generators", [])):
-            generator.state.assign(np.array([epoch_seed(seed, epoch, 1 + 64 * index + number), 0], generator.state.dtype))
+    for stream, generator in seed_generators(layer):
+        generator.state.assign(np.array([epoch_seed(seed, epoch, stream), 0], generator.state.dtype))
 
 
 def step_seed_assignments(layer: Any, seed: int, step: Any) -> list[Any]:
@@ -32,11 +40,7 @@ def step_seed_assignments(layer: Any, seed: int, step: Any) -> list[Any]:
     """
     import tensorflow as tf
 
-    generators = [
-        generator
-        for inner in layer._flatten_layers(include_self=True, recursive=True)
-        for generator in getattr(inner, "_seed_generators", [])
-    ]
+    generators = [generator for _, generator in seed_generators(layer)]
     if not generators:
         return []
     pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -58,86 +59,77 @@ def run_search(
     One process per search folder: a second search command with the same name is refused while this one
     runs. KerasTuner's workers share the chief's folder, so only the chief (or a single process) locks it.
     """
-    options: dict[str, Any] = {"verbose": verbose, "log": log, "command": command, "show_summary": show_summary}
-    if tuner_role() == "worker":
-        return search_and_retrain(base, settings, **options)
-    with exclusive_lock(make_dir(run_dir_of(base) / SEARCH_DIR), "search"):
-        return search_and_retrain(base, settings, **options)
-
-
-def search_and_retrain(
-    base: RunConfig,
-    settings: SearchSettings,
-    *,
-    verbose: int | str = "auto",
-    log: Callable[[str], None] = print,
-    command: str | None = None,
-    show_summary: bool = False,
-) -> SearchResult:
-    """``run_search`` without the lock."""
     import keras
 
-    settings.validate()
-    base.train.validate()
-    base.data.validate()
-    if base.train.distribute != "none":
-        raise UserError(
-            f"--distribute {base.train.distribute} with --tuner: trials run on one device each; spread a search over "
-            f"devices or machines with KerasTuner's distributed mode (see README, 'Distributed search')"
-        )
-    role = tuner_role()
-    configure_devices()
-    warning = unused_gpu_warning()
-    if warning:
-        log(warning)
-    data_dir = resolve_data_dir(base)
-    discover_dataset(data_dir)  # the folder layout first: it costs no decoding
-    data_report = check_before_training(data_dir, skip_bad=base.data.skip_bad, log=log)
-    split = make_split(base.data, exclude=data_report.bad_paths)
-    check_space_fits(base, settings.space, len(split.class_names))
-    search_dir = run_dir_of(base) / SEARCH_DIR
-    make_dir(search_dir)
-    if role != "worker":
-        record_or_check(search_dir, search_record(base, settings))
+    with search_folder_lock(base):
+        settings.validate()
+        base.train.validate()
+        base.data.validate()
+        if base.train.distribute != "none":
+            raise UserError(
+                f"--distribute {base.train.distribute} with --tuner: trials run on one device each; spread a search over "
+                f"devices or machines with KerasTuner's distributed mode (see README, 'Distributed search')"
+            )
+        role = tuner_role()
+        configure_devices()
+        warning = unused_gpu_warning()
+        if warning:
+            log(warning)
+        data_dir = resolve_data_dir(base)
+        discover_dataset(data_dir)  # the folder layout first: it costs no decoding
+        data_report = check_before_training(data_dir, skip_bad=base.data.skip_bad, log=log)
+        split = make_split(base.data, exclude=data_report.bad_paths)
+        check_space_fits(base, settings.space, len(split.class_names))
+        search_dir = run_dir_of(base) / SEARCH_DIR
+        make_dir(search_dir)
+        if role != "worker":
+            record_or_check(search_dir, search_record(base, settings))
 
-    check_search_files(search_dir)
-    keras.utils.set_random_seed(base.data.seed)
-    enable_determinism(base.train.deterministic)
-    hypermodel = TrialModels(base, settings.space, split, search_dir)
-    tuner = make_tuner(base, settings, hypermodel, search_dir)
-    if role == "chief":
-        tuner.oracle.verbose = verbose
-        tuner.save()
-        log(f"chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}")
-        serve_oracle(tuner.oracle)
-    else:
-        try:
-            tuner.search(verbose=verbose)
-        except KeyboardInterrupt:
-            during = f" during trial {trial_number(tuner.trials_run[-1])}" if tuner.trials_run else ""
-            again = f"`{command}`" if command else "the same command"
-            raise Interrupted(
-                f"interrupted{during}: the finished trials are kept in {search_dir}; continue the search with {again}"
-            ) from None
-    result = SearchResult(search_dir, role, [trial_number(trial_id) for trial_id in tuner.trials_run])
-    if role == "worker":
+        check_search_files(search_dir)
+        keras.utils.set_random_seed(base.data.seed)
+        enable_determinism(base.train.deterministic)
+        hypermodel = TrialModels(base, settings.space, split, search_dir)
+        tuner = make_tuner(base, settings, hypermodel, search_dir)
+        if role == "chief":
+            tuner.oracle.verbose = verbose
+            tuner.save()
+            log(f"chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}")
+            serve_oracle(tuner.oracle)
+        else:
+            try:
+                tuner.search(verbose=verbose)
+            except KeyboardInterrupt:
+                during = f" during trial {trial_number(tuner.trials_run[-1])}" if tuner.trials_run else ""
+                again = f"`{command}`" if command else "the same command"
+                raise Interrupted(
+                    f"interrupted{during}: the finished trials are kept in {search_dir}; continue the search with {again}"
+                ) from None
+        result = SearchResult(search_dir, role, [trial_number(trial_id) for trial_id in tuner.trials_run])
+        if role == "worker":
+            return result
+
+        analysis = write_analysis(search_dir)
+        result.best = analysis.best
+        result.messages.append(analysis.headline)
+        if settings.retrain and analysis.best is not None:
+            config = trial_config(base, analysis.best["hyperparameters"])
+            config.tracking = dataclasses.replace(config.tracking, group=config.tracking.group or base.name)
+            run_dir = run_dir_of(config)
+            best_id = str(analysis.best["trial_id"])
+            set_aside_other_retrain(run_dir, search_dir, best_id, log)
+            log(f"retraining the best configuration (trial {trial_number(best_id)}, search/trial_{best_id}) into {run_dir}")
+            write_json(search_dir / RETRAINED_FILE, {"trial_id": best_id})
+            result.run = train_run(
+                config, resume=(run_dir / CONFIG_FILE).exists(), verbose=verbose, log=log, show_summary=show_summary
+            )
         return result
 
-    analysis = write_analysis(search_dir)
-    result.best = analysis.best
-    result.messages.append(analysis.headline)
-    if settings.retrain and analysis.best is not None:
-        config = trial_config(base, analysis.best["hyperparameters"])
-        config.tracking = dataclasses.replace(config.tracking, group=config.tracking.group or base.name)
-        run_dir = run_dir_of(config)
-        best_id = str(analysis.best["trial_id"])
-        set_aside_other_retrain(run_dir, search_dir, best_id, log)
-        log(f"retraining the best configuration (trial {trial_number(best_id)}, search/trial_{best_id}) into {run_dir}")
-        write_json(search_dir / RETRAINED_FILE, {"trial_id": best_id})
-        result.run = train_run(
-            config, resume=(run_dir / CONFIG_FILE).exists(), verbose=verbose, log=log, show_summary=show_summary
-        )
-    return result
+
+def search_folder_lock(base: RunConfig) -> contextlib.AbstractContextManager[Any]:
+    """The search folder's lock for the chief or a single process; none for a worker, which shares the chief's folder."""
+    if tuner_role() == "worker":
+        return contextlib.nullcontext()
+    return exclusive_lock(make_dir(run_dir_of(base) / SEARCH_DIR), "search")
 
 
 def set_aside_other_retrain(run_dir: Path, search_dir: Path, best_id: str, log: Callable[[str], None]) -> None:

@@ -7,13 +7,15 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_dataset_root
+from conftest import REPO, make_dataset_root
 from inat_keras.cli.main import main as inat_main
 from inat_keras.data.check import check_dataset
 from inat_keras.data.decode import load_image
@@ -186,12 +188,14 @@ def test_plain_jpegs_are_checked_by_the_decoder_training_gives_them(tmp_path: Pa
 
 def test_the_second_check_decodes_only_files_that_changed(tmp_path: Path) -> None:
     root = make_dataset_root(tmp_path / "data")
-    assert check_dataset(root).checked_now == 36
-    assert check_dataset(root).checked_now == 0
+    starts: list[int] = []
+    assert check_dataset(root, before_decoding=lambda: starts.append(1)).checked_now == 36
+    assert check_dataset(root, before_decoding=lambda: starts.append(2)).checked_now == 0
+    assert starts == [1]  # nothing to decode the second time: TensorFlow need not start
     victim = root / "train" / "class_a" / "img_000.png"
     victim.write_bytes(victim.read_bytes()[:60])
-    again = check_dataset(root)
-    assert again.checked_now == 1
+    again = check_dataset(root, before_decoding=lambda: starts.append(3))
+    assert again.checked_now == 1 and starts == [1, 3]
     assert relative(again.bad, root, "reason") == {"train/class_a/img_000.png": "truncated"}
 
 
@@ -207,6 +211,20 @@ def test_check_data_prints_the_report_writes_json_and_exits_1_on_bad_files(tmp_p
     clean = make_dataset_root(tmp_path / "clean")
     assert inat_main(["check-data", str(clean), "--quiet"]) == 0
     assert "0 unusable" in capsys.readouterr().out
+
+
+def test_check_data_answered_by_the_cache_never_starts_tensorflow(tmp_path: Path) -> None:
+    root = make_dataset_root(tmp_path / "data")
+    check_dataset(root)  # every verdict cached
+    probe = (
+        "import sys\n"
+        "from inat_keras.cli.main import main\n"
+        "status = main(sys.argv[1:])\n"
+        "print(status, 'tensorflow' in sys.modules)\n"
+    )
+    command = [sys.executable, "-c", probe, "check-data", str(root), "--quiet"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split()[-2:] == ["0", "False"], result.stdout + result.stderr
 
 
 def test_check_data_fails_a_layout_training_would_refuse(tmp_path: Path, capsys) -> None:

@@ -57,14 +57,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    start_tensorflow()  # its JPEG decoder checks the JPEG files
-
     report = check_dataset(
         args.dir,
         min_side=args.min_size,
         workers=args.workers,
         use_cache=not args.no_cache,
         progress=None if args.quiet else ProgressLine(),
+        before_decoding=start_tensorflow,  # its JPEG decoder checks the JPEGs; a check the cache answers never starts it
     )
     print(format_report(report, limit=None if args.all else 20))
     if args.json:

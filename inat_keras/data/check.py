@@ -231,9 +231,17 @@ def save_cache(path: Path, entries: dict[str, list]) -> None:
 
 
 def inspect_all(
-    paths: Sequence[str], *, cache_path: Path | None, workers: int | None, progress: ProgressCallback | None
+    paths: Sequence[str],
+    *,
+    cache_path: Path | None,
+    workers: int | None,
+    progress: ProgressCallback | None,
+    before_decoding: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Inspection], int]:
-    """Verdicts for ``paths`` (from the cache where size and mtime match) and how many were decoded."""
+    """Verdicts for ``paths`` (from the cache where size and mtime match) and how many were decoded.
+
+    ``before_decoding`` runs once before the first file is decoded, and not at all when the cache holds every verdict.
+    """
     cached = load_cache(cache_path) if cache_path else {}
     entries: dict[str, list] = {}
     verdicts: dict[str, Inspection] = {}
@@ -251,6 +259,8 @@ def inspect_all(
         else:
             todo.append((path, key, stat))
 
+    if todo and before_decoding:
+        before_decoding()
     pool = ThreadPoolExecutor(max_workers=workers or usable_cores(), thread_name_prefix="datacheck")
     try:
         # Pillow and hashlib release the GIL while decoding and hashing, so threads run in parallel.
@@ -281,8 +291,12 @@ def check_dataset(
     workers: int | None = None,
     use_cache: bool = True,
     progress: ProgressCallback | None = None,
+    before_decoding: Callable[[], None] | None = None,
 ) -> DataReport:
-    """Check every file of the dataset at ``root`` and summarise what training would see."""
+    """Check every file of the dataset at ``root`` and summarise what training would see.
+
+    ``before_decoding``: see ``inspect_all`` (the command starts TensorFlow there, which checks the JPEGs).
+    """
     started = time.perf_counter()
     root = Path(root)
     if not root.is_dir():
@@ -292,8 +306,9 @@ def check_dataset(
         )
     candidates, ignored, classes = list_dataset_files(root)
     cache_path = cache_dir() / f"{dataset_key(root)}.json" if use_cache else None
+    paths = [path for path, _, _ in candidates]
     verdicts, checked_now = inspect_all(
-        [path for path, _, _ in candidates], cache_path=cache_path, workers=workers, progress=progress
+        paths, cache_path=cache_path, workers=workers, progress=progress, before_decoding=before_decoding
     )
     files = [CheckedFile(path, split, label, verdicts[path]) for path, split, label in candidates]
     report = build_report(root, files, ignored, min_side, classes=classes)

@@ -283,3 +283,19 @@ def test_verbose_shows_the_model_summary_and_resume_accepts_it(monkeypatch, tmp_
 def test_a_run_directory_keeps_its_model_summary(scratch_run: Path) -> None:
     summary = (scratch_run / MODEL_SUMMARY_FILE).read_text(encoding="utf-8")
     assert "Total params" in summary and "Trainable params" in summary
+
+
+def test_the_model_summary_keeps_long_layer_names_and_every_column(monkeypatch) -> None:
+    import keras
+
+    from inat_keras.training.setup import model_summary
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # as in a run whose output is not a terminal
+    image = keras.Input((8, 8, 3), name="image")
+    branch = keras.layers.Conv2D(2, 3, name="block7a_expansion_convolution")(image)
+    pooled, flat = keras.layers.GlobalAveragePooling2D()(branch), keras.layers.Flatten()(image)
+    merged = keras.layers.Concatenate(name="joined")([pooled, flat])
+    summary = model_summary(keras.Model(image, keras.layers.Dense(3)(merged)))
+    assert "│ block7a_expansion_convolution " in summary  # whole in its row (Keras still shortens it where it is an input)
+    assert "Param #" in summary and "Connected to" in summary
+    assert "COLUMNS" not in os.environ  # set for the summary only

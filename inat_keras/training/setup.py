@@ -3,7 +3,9 @@ resumed run's last checkpoint), and what they cost."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -124,8 +126,32 @@ def set_up_training(
     )
 
 
+# Wide enough for a functional backbone's "Connected to" column and its longest layer names.
+SUMMARY_COLUMNS = 120
+
+
 def model_summary(model: Any) -> str:
-    """Keras's ``model.summary()`` as text: the layers, their output shapes and parameter counts."""
+    """Keras's ``model.summary()`` as text, ``SUMMARY_COLUMNS`` wide: the layers, their output shapes and parameter counts.
+
+    Keras draws the table with rich, which fits it to the console: 80 columns when the output is not a
+    terminal, where it cut layer names short and dropped columns. Rich reads the width from ``COLUMNS``,
+    which is set for the call only.
+    """
     parts: list[str] = []
-    model.summary(print_fn=parts.append)
+    with environment_variable("COLUMNS", str(SUMMARY_COLUMNS)):
+        model.summary(print_fn=parts.append, line_length=SUMMARY_COLUMNS)
     return "".join(parts)
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block, the previous value (or none) after it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

@@ -157,6 +157,8 @@ def strong_recipe(root: Path, image_size: int, batch_size: int, *, repeat: bool 
     import keras
     import tensorflow as tf
 
+    from inat_keras.data.pipeline import epoch_batches
+
     dataset = keras.utils.image_dataset_from_directory(
         root, image_size=(image_size, image_size), batch_size=None, label_mode="categorical", seed=0, verbose=False
     )
@@ -164,7 +166,7 @@ def strong_recipe(root: Path, image_size: int, batch_size: int, *, repeat: bool 
     dataset = dataset.cache().shuffle(count, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), -(-count // batch_size)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), epoch_batches(count, batch_size)
 
 
 PIPELINES = ("baseline", "strong", "strong_repeat", "ours", "ours_float")

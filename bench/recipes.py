@@ -113,7 +113,7 @@ def training_rates(args: argparse.Namespace, out: Path) -> dict[str, float]:
 
     from inat_keras.data.demo import demo_dataset_dir
     from inat_keras.data.files import make_split
-    from inat_keras.data.pipeline import make_dataset
+    from inat_keras.data.pipeline import epoch_batches, make_dataset
     from inat_keras.models.factory import build_model
     from inat_keras.training.runtime import compile_model
 
@@ -126,7 +126,7 @@ def training_rates(args: argparse.Namespace, out: Path) -> dict[str, float]:
     for variant, config in configs.items():
         feeds[variant] = make_dataset(split.train, config.data, classes, training=True)  # endless
         models[variant] = build_model(config, classes)
-        compile_model(models[variant], config, steps_per_epoch=-(-len(split.train) // batch_size))
+        compile_model(models[variant], config, steps_per_epoch=epoch_batches(len(split.train), batch_size))
     rates: dict[str, list[float]] = {variant: [] for variant in args.variants}
     for _ in range(args.rounds):
         for variant in args.variants:

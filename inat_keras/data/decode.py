@@ -92,8 +92,8 @@ def native_jpeg_header(head: bytes) -> bool:
     That is a JPEG in colour or grey (1 or 3 components: CMYK goes to Pillow) whose header, up to its
     start of scan, sits within ``head`` and turns nothing: no EXIF orientation but 1, and no XMP one
     (TensorFlow ignores both; Pillow's ``exif_transpose`` applies them). It reads the markers in a few
-    microseconds, so the pipeline asks it per image; anything it cannot read is not native, and Pillow's
-    path, which shows every file correctly, reports what is wrong.
+    microseconds, so the pipeline asks it for each batch's files as it decodes them; anything it cannot
+    read is not native, and Pillow's path, which shows every file correctly, reports what is wrong.
     """
     if head[:3] != b"\xff\xd8\xff":
         return False

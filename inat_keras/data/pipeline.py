@@ -37,10 +37,7 @@ def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
 
     ``batch_indices`` computes it batch by batch inside the pipeline; this is the same order, whole.
     """
-    import tensorflow as tf
-
-    seed_pair = tf.constant([seed, epoch], tf.int64)
-    return tf.random.experimental.index_shuffle(tf.range(count, dtype=tf.int64), seed=seed_pair, max_index=count - 1).numpy()
+    return batch_indices(seed, epoch, count, count, training=True).numpy()  # one batch of the whole epoch
 
 
 def mixing_coin(seed: int, step: Any) -> Any:
@@ -97,7 +94,7 @@ class ImageArray:
 
     def store(self, indices: np.ndarray, images: np.ndarray) -> np.int64:
         """Write a decoded batch into the memmap (a finished array is read-only, and stores nothing)."""
-        if self.keep and not self.complete:
+        if not self.complete:
             self.images[indices] = images
         return np.int64(0)
 

@@ -93,7 +93,7 @@ class TrialModels(kt.HyperModel):
                 initial_epoch=initial_epoch,
                 verbose=verbose,
                 steps_per_epoch=steps_per_epoch,
-                train_from=lambda epoch: self.datasets(config, first_epoch=epoch)[0],
+                train_from=lambda epoch: self.train_batches(config, epoch),
                 class_weight=class_weight,
             )
         else:
@@ -115,14 +115,20 @@ class TrialModels(kt.HyperModel):
 
     def datasets(self, config: RunConfig, first_epoch: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         """Images decoded and cached once for the whole search; batched per trial (batch size, augmentation)."""
+        validation = batched(self.cached()["validation"], config.data, len(self.split.validation), training=False)
+        return self.train_batches(config, first_epoch), validation
+
+    def train_batches(self, config: RunConfig, first_epoch: int) -> tf.data.Dataset:
+        """The trial's training batches from ``first_epoch`` on (a fine-tuning phase's fit starts its own)."""
+        return batched(self.cached()["train"], config.data, len(self.split.train), training=True, first_epoch=first_epoch)
+
+    def cached(self) -> dict[str, Any]:
+        """The search's decoded images of each split (``cached_images``), made on first use."""
         if not self.images:
             for subset in ("train", "validation"):
                 files = getattr(self.split, subset)
                 self.images[subset] = cached_images(files, self.base.data, self.num_classes, cache_name=f"search-{subset}")
-        return (
-            batched(self.images["train"], config.data, len(self.split.train), training=True, first_epoch=first_epoch),
-            batched(self.images["validation"], config.data, len(self.split.validation), training=False),
-        )
+        return self.images
 
     def start_tracking(self, config: RunConfig, trial_id: str, values: dict[str, Any]) -> WandbRun | None:
         execution = self.executions[trial_id] = self.executions.get(trial_id, 0) + 1

@@ -3,9 +3,9 @@ resumed run's last checkpoint), and what they cost."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+import unittest.mock
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -138,20 +138,6 @@ def model_summary(model: Any) -> str:
     which is set for the call only.
     """
     parts: list[str] = []
-    with environment_variable("COLUMNS", str(SUMMARY_COLUMNS)):
+    with unittest.mock.patch.dict(os.environ, {"COLUMNS": str(SUMMARY_COLUMNS)}):  # restores the variable after
         model.summary(print_fn=parts.append, line_length=SUMMARY_COLUMNS)
     return "".join(parts)
-
-
-@contextlib.contextmanager
-def environment_variable(name: str, value: str) -> Iterator[None]:
-    """``os.environ[name] = value`` inside the block, the previous value (or none) after it."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
